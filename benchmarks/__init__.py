@@ -1,0 +1,1 @@
+"""Kernel microbenchmarks. `python -m benchmarks` runs the suite on the current device (see __main__)."""

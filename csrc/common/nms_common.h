@@ -1,0 +1,58 @@
+#pragma once
+// Input checks and ordering shared by the CPU and CUDA box-NMS kernels.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/sort.h>
+#include <c10/util/Optional.h>
+
+namespace litesam {
+
+inline void check_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores,
+                             const c10::optional<at::Tensor>& idxs, double iou_threshold) {
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4,
+                    "boxes must have shape (N, 4), got ", boxes.sizes());
+  TORCH_CHECK_VALUE(scores.dim() == 1, "scores must have shape (N,), got ", scores.sizes());
+  TORCH_CHECK_VALUE(scores.size(0) == boxes.size(0), "scores must have one entry per box: boxes has ",
+                    boxes.size(0), " rows, scores has ", scores.size(0));
+  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating tensor, got ",
+                   boxes.scalar_type());
+  TORCH_CHECK_TYPE(boxes.scalar_type() == scores.scalar_type(),
+                   "scores must have the dtype of boxes (", boxes.scalar_type(), "), got ", scores.scalar_type());
+  TORCH_CHECK_VALUE(scores.device() == boxes.device(), "scores must be on the device of boxes (",
+                    boxes.device(), "), got ", scores.device());
+  TORCH_CHECK_VALUE(iou_threshold >= 0.0 && iou_threshold <= 1.0,
+                    "iou_threshold must be in [0, 1], got ", iou_threshold);
+  if (idxs.has_value()) {
+    const at::Tensor& groups = *idxs;
+    TORCH_CHECK_VALUE(groups.dim() == 1 && groups.size(0) == boxes.size(0),
+                      "idxs must have shape (N,) with N = ", boxes.size(0), ", got ", groups.sizes());
+    TORCH_CHECK_TYPE(at::isIntegralType(groups.scalar_type(), /*includeBool=*/false),
+                     "idxs must be an integer tensor, got ", groups.scalar_type());
+    TORCH_CHECK_VALUE(groups.device() == boxes.device(), "idxs must be on the device of boxes (",
+                      boxes.device(), "), got ", groups.device());
+  }
+}
+
+// The order in which the greedy pass visits boxes: decreasing score, ties by increasing index
+// (a stable sort); with idxs, grouped by idxs first so each group is one contiguous run.
+inline at::Tensor nms_visit_order(const at::Tensor& scores, const c10::optional<at::Tensor>& idxs) {
+  at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  if (idxs.has_value()) {
+    at::Tensor grouped = std::get<1>(at::sort(idxs->index_select(0, order), /*stable=*/true, 0, false));
+    order = order.index_select(0, grouped);
+  }
+  return order;
+}
+
+// Kept original indices -> decreasing score, ties by increasing index.
+inline at::Tensor in_score_order(const at::Tensor& kept, const at::Tensor& scores) {
+  at::Tensor by_index = std::get<0>(at::sort(kept, /*stable=*/true, 0, false));
+  at::Tensor by_score =
+      std::get<1>(at::sort(scores.index_select(0, by_index), /*stable=*/true, 0, /*descending=*/true));
+  return by_index.index_select(0, by_score);
+}
+
+inline at::ScalarType nms_compute_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace litesam
