@@ -2,6 +2,8 @@
 
 Importing this package imports triton. Under ``TRITON_INTERPRET=1`` (CPU tests) it patches two known
 interpreter gaps first (bf16 ``tl.dot`` and fp32->bf16 rounding), see ``_interpreter.py``.
+Each kernel module lists its kernels with concrete signatures in ``AOT_KERNELS``; CI compiles all of them
+for sm_90a without a GPU (``python -m litesam_kernels.triton.aot``).
 """
 from litesam_kernels._backend import interpreter_on
 
@@ -9,6 +11,3 @@ if interpreter_on():
     from litesam_kernels.triton._interpreter import patch_triton_interpreter
 
     patch_triton_interpreter()
-
-# Every kernel module, so the AOT check (``python -m litesam_kernels.triton.aot``) can find them all.
-KERNEL_MODULES = ("nms",)
