@@ -36,7 +36,12 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && ! python -c "import torch,sys; sys.exit
   export TORCH_CUDA_ARCH_LIST="9.0a"
 fi
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-echo "[setup] building litesam_kernels (CUDA_HOME=${CUDA_HOME:-none}, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-auto})"
 cd "$ROOT"
-python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# Rebuild only when the editable install is missing or a source is newer than the built extension.
+SO="$(ls litesam_kernels/_C*.so 2>/dev/null | head -1 || true)"
+if [ -z "$SO" ] || ! python -m pip show -q litesam_kernels >/dev/null 2>&1 \
+   || [ -n "$(find csrc python setup.py pyproject.toml -newer "$SO" -type f 2>/dev/null | head -1)" ]; then
+  echo "[setup] building litesam_kernels (CUDA_HOME=${CUDA_HOME:-none}, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-auto})"
+  python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+fi
 python -c "import litesam_kernels as lk; ext = lk.backend_info()['extension']; print('[setup] extension:', 'loaded, CUDA' if ext['cuda'] else ('loaded, CPU only' if ext['loaded'] else 'NOT loaded: ' + str(ext['error'])))"
