@@ -1,5 +1,7 @@
 """Fused ops, one module per op family. Each op is also a ``torch.ops.litesam.<name>`` custom op
 (torch.compile-safe) that picks its backend per call (see ``litesam_kernels._backend``)."""
 from litesam_kernels.ops.nms import batched_nms, nms
+from litesam_kernels.ops.mask_postprocess import PostprocessedMasks, masks_to_boxes, postprocess_masks, stability_score
 
 __all__ = ["batched_nms", "nms"]
+__all__ += ["PostprocessedMasks", "masks_to_boxes", "postprocess_masks", "stability_score"]
