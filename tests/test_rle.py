@@ -76,3 +76,28 @@ class TestMaskToRle:
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
         torch.library.opcheck(torch.ops.litesam.mask_to_rle_counts, (pack_masks(masks), 40),
                               test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+    @pytest.mark.skipif(_backend.why_not("cpu", RLE, torch.device("cpu")) is not None, reason="no compiled CPU kernel")
+    def test_opcheck_compiled_kernel(self):
+        masks = blob_masks(3, 9, 40)
+        for args in ((masks, 40), (pack_masks(masks), 40)):
+            torch.library.opcheck(torch.ops.litesam._mask_to_rle_kernel, args,
+                                  test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+    @pytest.mark.skipif(_backend.why_not("cpu", RLE, torch.device("cpu")) is not None, reason="no compiled CPU kernel")
+    def test_compiled_kernel_bad_input(self):
+        with pytest.raises(ValueError, match="width"):
+            torch.ops.litesam._mask_to_rle_kernel(torch.zeros(2, 3, 4, dtype=torch.bool), 5)
+        with pytest.raises(TypeError, match="masks"):
+            torch.ops.litesam._mask_to_rle_kernel(torch.zeros(2, 3, 4), 4)
+
+
+@pytest.mark.gpu
+class TestMaskToRleGpu:
+    @pytest.mark.parametrize("backend", runnable_backends(RLE, "cuda"))
+    def test_matches_sam_on_cuda(self, backend):
+        masks = torch.cat([blob_masks(60, 257, 301, seed=5), blob_masks(3, 257, 301)]).cuda()
+        expected = amg.mask_to_rle_pytorch(masks)
+        with lk.use_backend(backend):
+            assert lk.ops.mask_to_rle(masks) == expected
+            assert lk.ops.mask_to_rle(pack_masks(masks), width=301) == expected
