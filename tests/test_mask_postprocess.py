@@ -177,6 +177,7 @@ class TestPostprocessMasks:
     SMALL_CASES = [
         (16, 64, (64, 48), (75, 57)),
         (16, 64, (40, 64), (40, 64)),
+        (16, 64, (64, 48), (64, 70)),
         (12, 48, (48, 30), (23, 13)),
     ]
 
@@ -259,3 +260,44 @@ class TestPostprocessMasks:
     def test_opcheck(self):
         args = (blob_logits(2, 8, 8), [32, 24], [20, 17], 0.0, 1.0, True, 32)
         torch.library.opcheck(torch.ops.litesam.postprocess_masks, args)
+
+
+@pytest.mark.gpu
+class TestPostprocessMasksGpu:
+    """On CUDA the fused kernel must equal torch's CUDA F.interpolate path (same FMA-contracted formula)."""
+
+    @pytest.mark.parametrize("backend", runnable_backends(POSTPROCESS, "cuda"))
+    @pytest.mark.parametrize("sizes", [((1024, 1024), (1024, 1024)), ((768, 1024), (1200, 1600)),
+                                       ((1024, 683), (1500, 1000))])
+    def test_matches_sam_float32(self, backend, sizes):
+        input_size, original_size = sizes
+        low_res = blob_logits(64, 256, 256, low=16, scale=8.0).cuda()
+        expected = sam_postprocess(low_res, input_size, original_size, 1024)
+        with lk.use_backend(backend):
+            got = lk.ops.postprocess_masks(low_res, input_size, original_size)
+            packed = lk.ops.postprocess_masks(low_res, input_size, original_size, packed=True)
+        assert (got.masks != expected[0]).sum().item() == 0
+        assert torch.equal(unpack_masks(packed.masks, original_size[1]), expected[0])
+        torch.testing.assert_close(got.stability_scores, expected[1], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.boxes, expected[2]) and torch.equal(got.areas, expected[3])
+
+    @pytest.mark.parametrize("backend", runnable_backends(POSTPROCESS, "cuda"))
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_matches_sam_reduced_precision(self, backend, dtype):
+        low_res = blob_logits(32, 256, 256, low=16, scale=8.0, dtype=dtype).cuda()
+        expected = sam_postprocess(low_res, (768, 1024), (1200, 1600), 1024)
+        with lk.use_backend(backend):
+            got = lk.ops.postprocess_masks(low_res, (768, 1024), (1200, 1600))
+        assert (got.masks != expected[0]).sum().item() == 0
+        torch.testing.assert_close(got.stability_scores, expected[1], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.boxes, expected[2]) and torch.equal(got.areas, expected[3])
+
+    @pytest.mark.parametrize("backend", runnable_backends(BOXES, "cuda"))
+    def test_boxes_and_stability_on_cuda(self, backend):
+        logits = blob_logits(50, 301, 257).cuda()
+        masks = logits > 0
+        with lk.use_backend(backend):
+            assert torch.equal(lk.ops.masks_to_boxes(masks), amg.batched_mask_to_box(masks))
+            assert torch.equal(lk.ops.masks_to_boxes(pack_masks(masks), width=257), amg.batched_mask_to_box(masks))
+            torch.testing.assert_close(lk.ops.stability_score(logits, 0.0, 1.0),
+                                       amg.calculate_stability_score(logits, 0.0, 1.0), rtol=0, atol=0, equal_nan=True)

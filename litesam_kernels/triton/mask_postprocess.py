@@ -90,7 +90,7 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
                         masks_ptr, partial_ptr, box_ptr,
                         low_h, low_w, height, width, words, row_blocks,
                         PACKED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_WORDS: tl.constexpr,
-                        EMULATE_FMA: tl.constexpr):
+                        SAME_HEIGHT: tl.constexpr, SAME_WIDTH: tl.constexpr, EMULATE_FMA: tl.constexpr):
     mask_id = tl.program_id(0)
     row_block = tl.program_id(1)
     out_dtype = logits_ptr.dtype.element_ty
@@ -124,11 +124,27 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
         cw0 = tl.load(x2_ptr + safe_cols * 4 + 2)
         cw1 = tl.load(x2_ptr + safe_cols * 4 + 3)
         # The four 1024-grid values, rounded to the logits dtype as torch stores them between the resizes.
+        # An axis the second resize keeps (crop size == output size) is a copy in torch: its weights are
+        # (1, 0) with both taps on the same sample, so one stage-1 value serves both taps.
         v00 = common.stage1(logits_base, low_w, sr0, y1_ptr, x1_ptr, sc0, EMULATE_FMA).to(out_dtype).to(tl.float32)
-        v01 = common.stage1(logits_base, low_w, sr0, y1_ptr, x1_ptr, sc1, EMULATE_FMA).to(out_dtype).to(tl.float32)
-        v10 = common.stage1(logits_base, low_w, sr1, y1_ptr, x1_ptr, sc0, EMULATE_FMA).to(out_dtype).to(tl.float32)
-        v11 = common.stage1(logits_base, low_w, sr1, y1_ptr, x1_ptr, sc1, EMULATE_FMA).to(out_dtype).to(tl.float32)
-        value = common.blend(v00, v01, v10, v11, sw0, sw1, cw0, cw1, EMULATE_FMA).to(out_dtype).to(tl.float32)
+        if SAME_WIDTH:
+            v01 = v00
+        else:
+            v01 = common.stage1(logits_base, low_w, sr0, y1_ptr, x1_ptr, sc1, EMULATE_FMA).to(out_dtype).to(tl.float32)
+        if SAME_HEIGHT:
+            v10 = v00
+            v11 = v01
+        else:
+            v10 = common.stage1(logits_base, low_w, sr1, y1_ptr, x1_ptr, sc0, EMULATE_FMA).to(out_dtype).to(tl.float32)
+            if SAME_WIDTH:
+                v11 = v10
+            else:
+                v11 = common.stage1(logits_base, low_w, sr1, y1_ptr, x1_ptr, sc1,
+                                    EMULATE_FMA).to(out_dtype).to(tl.float32)
+        if SAME_HEIGHT and SAME_WIDTH:
+            value = v00
+        else:
+            value = common.blend(v00, v01, v10, v11, sw0, sw1, cw0, cw1, EMULATE_FMA).to(out_dtype).to(tl.float32)
         ok = row_ok[:, None, None] & col_ok[None, :, :]
         binary = ok & (value > mask_threshold)
         inter += tl.sum(tl.sum((ok & (value > high)).to(tl.int32), axis=2), axis=1)
@@ -186,7 +202,8 @@ def box_partials(masks: torch.Tensor, width: int, packed: bool, interpret: bool)
 
 
 def fused_postprocess(logits, y1, x1, y2, x2, thresholds, height: int, width: int, packed: bool, interpret: bool):
-    """Run the fused kernel; returns (masks, count partials (N, RB, 3), box partials (N, RB, 4))."""
+    """Run the fused kernel; returns (masks, count partials (N, RB, 3), box partials (N, RB, 4)).
+    y1/x1: stage-1 tables (crop rows/cols -> low-res), y2/x2: stage-2 tables (output -> crop)."""
     n, low_h, low_w = logits.shape
     block_h, block_words = _blocks(interpret)
     row_blocks = triton.cdiv(height, block_h)
@@ -204,7 +221,8 @@ def fused_postprocess(logits, y1, x1, y2, x2, thresholds, height: int, width: in
         _postprocess_kernel[(n, row_blocks)](
             logits, y1, x1, y2, x2, thresholds, target, partial, boxes,
             low_h, low_w, height, width, words, row_blocks,
-            PACKED=packed, BLOCK_H=block_h, BLOCK_WORDS=block_words, EMULATE_FMA=interpret,
+            PACKED=packed, BLOCK_H=block_h, BLOCK_WORDS=block_words,
+            SAME_HEIGHT=y1.shape[0] == height, SAME_WIDTH=x1.shape[0] == width, EMULATE_FMA=interpret,
             num_warps=4, enable_fp_fusion=False,
         )
     return masks, partial, boxes
@@ -213,7 +231,8 @@ def fused_postprocess(logits, y1, x1, y2, x2, thresholds, height: int, width: in
 _POST_SIG = {"logits_ptr": "*fp32", "y1_ptr": "*fp32", "x1_ptr": "*fp32", "y2_ptr": "*fp32", "x2_ptr": "*fp32",
              "thresholds_ptr": "*fp32", "masks_ptr": "*i8", "partial_ptr": "*i32", "box_ptr": "*i32",
              "low_h": "i32", "low_w": "i32", "height": "i32", "width": "i32", "words": "i32", "row_blocks": "i32",
-             "PACKED": "constexpr", "BLOCK_H": "constexpr", "BLOCK_WORDS": "constexpr", "EMULATE_FMA": "constexpr"}
+             "PACKED": "constexpr", "BLOCK_H": "constexpr", "BLOCK_WORDS": "constexpr", "SAME_HEIGHT": "constexpr",
+             "SAME_WIDTH": "constexpr", "EMULATE_FMA": "constexpr"}
 
 # For the sm_90a AOT check in CI: (kernel, signature, constexprs, options).
 AOT_KERNELS = [
@@ -225,6 +244,10 @@ AOT_KERNELS = [
      {"logits_ptr": "*bf16", "thresholds_ptr": "*fp32", "partial_ptr": "*i32", "height": "i32", "width": "i32",
       "row_blocks": "i32", "BLOCK_H": "constexpr", "BLOCK_W": "constexpr"},
      {"BLOCK_H": GPU_BLOCKS[0], "BLOCK_W": GPU_BLOCKS[1] * BITS}, {"num_warps": 4}),
+    (_stability_counts_kernel,
+     {"logits_ptr": "*fp64", "thresholds_ptr": "*fp64", "partial_ptr": "*i32", "height": "i32", "width": "i32",
+      "row_blocks": "i32", "BLOCK_H": "constexpr", "BLOCK_W": "constexpr"},
+     {"BLOCK_H": GPU_BLOCKS[0], "BLOCK_W": GPU_BLOCKS[1] * BITS}, {"num_warps": 4}),
     (_mask_box_kernel,
      {"masks_ptr": "*i8", "box_ptr": "*i32", "height": "i32", "width": "i32", "words": "i32", "row_blocks": "i32",
       "PACKED": "constexpr", "BLOCK_H": "constexpr", "BLOCK_WORDS": "constexpr"},
@@ -234,9 +257,15 @@ AOT_KERNELS = [
       "PACKED": "constexpr", "BLOCK_H": "constexpr", "BLOCK_WORDS": "constexpr"},
      {"PACKED": True, "BLOCK_H": GPU_BLOCKS[0], "BLOCK_WORDS": GPU_BLOCKS[1]}, {"num_warps": 4}),
     (_postprocess_kernel, _POST_SIG,
-     {"PACKED": False, "BLOCK_H": GPU_BLOCKS[0], "BLOCK_WORDS": GPU_BLOCKS[1], "EMULATE_FMA": False},
+     {"PACKED": False, "BLOCK_H": GPU_BLOCKS[0], "BLOCK_WORDS": GPU_BLOCKS[1], "SAME_HEIGHT": False, "SAME_WIDTH": False,
+      "EMULATE_FMA": False},
+     {"num_warps": 4, "enable_fp_fusion": False}),
+    (_postprocess_kernel, dict(_POST_SIG, logits_ptr="*fp16"),
+     {"PACKED": False, "BLOCK_H": GPU_BLOCKS[0], "BLOCK_WORDS": GPU_BLOCKS[1], "SAME_HEIGHT": False, "SAME_WIDTH": False,
+      "EMULATE_FMA": False},
      {"num_warps": 4, "enable_fp_fusion": False}),
     (_postprocess_kernel, dict(_POST_SIG, logits_ptr="*bf16", masks_ptr="*i32"),
-     {"PACKED": True, "BLOCK_H": GPU_BLOCKS[0], "BLOCK_WORDS": GPU_BLOCKS[1], "EMULATE_FMA": False},
+     {"PACKED": True, "BLOCK_H": GPU_BLOCKS[0], "BLOCK_WORDS": GPU_BLOCKS[1], "SAME_HEIGHT": True, "SAME_WIDTH": True,
+      "EMULATE_FMA": False},
      {"num_warps": 4, "enable_fp_fusion": False}),
 ]
