@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> mask_to_rle_cuda(const at::Tensor& masks, int
 
   const at::Tensor changes = per_column.sum(1);
   const at::Tensor flat = per_column.view({-1});
-  const at::Tensor offsets = (flat.cumsum(0) - flat).contiguous();
+  const at::Tensor offsets = flat.cumsum(0).sub(flat).contiguous();
   at::Tensor corner = masks.select(1, 0).select(1, 0);
   const at::Tensor first = (packed ? corner.bitwise_and(1) : corner).to(at::kLong).contiguous();
   const at::Tensor sizes = at::stack({changes.sum(), first.sum()}).cpu();  // the one host read
@@ -123,9 +123,9 @@ std::tuple<at::Tensor, at::Tensor> mask_to_rle_cuda(const at::Tensor& masks, int
   const int64_t leading = sizes[1].item<int64_t>();
 
   at::Tensor boundaries = at::empty({total_changes}, long_options);
-  const at::Tensor lengths = first + changes + 1;
-  const at::Tensor out_start = (lengths.cumsum(0) - lengths).contiguous();
-  const at::Tensor change_start = (changes.cumsum(0) - changes).contiguous();
+  const at::Tensor lengths = first.add(changes).add(1);
+  const at::Tensor out_start = lengths.cumsum(0).sub(lengths).contiguous();
+  const at::Tensor change_start = changes.cumsum(0).sub(changes).contiguous();
   at::Tensor counts = at::zeros({total_changes + n + leading}, long_options);
   if (total_changes > 0) {
     column_boundaries_kernel<<<grid, kThreads, 0, stream>>>(view, offsets.data_ptr<int64_t>(),
