@@ -218,6 +218,12 @@ class TestPostprocessMasks:
         low, image_size, input_size, original_size = self.SMALL_CASES[0]
         low_res = blob_logits(3, low, low, low=4, scale=8.0, dtype=dtype)
         expected = sam_postprocess(low_res, input_size, original_size, image_size)
+        if backend == "cpu":  # float32 only: unforced, reduced precision runs the (exact) reference
+            with pytest.raises(lk.BackendUnavailableError, match="float32"), lk.use_backend(backend):
+                lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
+            got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
+            assert torch.equal(got.masks, expected[0]) and torch.equal(got.boxes, expected[2])
+            return
         with lk.use_backend(backend):
             got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
         differing = (got.masks != expected[0]).sum().item()
@@ -260,6 +266,20 @@ class TestPostprocessMasks:
     def test_opcheck(self):
         args = (blob_logits(2, 8, 8), [32, 24], [20, 17], 0.0, 1.0, True, 32)
         torch.library.opcheck(torch.ops.litesam.postprocess_masks, args)
+
+    @pytest.mark.skipif(_backend.why_not("cpu", POSTPROCESS, torch.device("cpu")) is not None,
+                        reason="no compiled CPU kernel")
+    def test_opcheck_compiled_kernel_and_bad_tables(self):
+        low_res = blob_logits(2, 8, 8)
+        tables = mp._resize_tables(low_res, [32, 24], [20, 17], 32)
+        for packed in (False, True):
+            torch.library.opcheck(torch.ops.litesam._postprocess_masks_kernel,
+                                  (low_res, *tables, 0.0, 1.0, -1.0, packed))
+        with pytest.raises(ValueError, match="y2"):
+            torch.ops.litesam._postprocess_masks_kernel(low_res, tables[0], tables[1], tables[2] + 100, tables[3],
+                                                        0.0, 1.0, -1.0, False)
+        with pytest.raises(TypeError, match="float32"):
+            torch.ops.litesam._postprocess_masks_kernel(low_res.half(), *tables, 0.0, 1.0, -1.0, False)
 
 
 @pytest.mark.gpu
