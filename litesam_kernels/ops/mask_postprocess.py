@@ -17,6 +17,12 @@ Semantics (segment_anything ``utils/amg.py`` and ``Sam.postprocess_masks``; ever
   bit in float32; verified in the tests). Results that can differ from torch's path: pixels whose value
   lands within one rounding of a threshold if a platform's torch kernel rounds differently (torch's CPU
   kernel for float16/bfloat16 keeps the weights in the reduced dtype; CUDA contraction unverified here).
+  Non-finite logits may differ on axes the second resize keeps (torch copies, we blend with weight 0).
+
+Backends of ``postprocess_masks``: ``triton`` (CUDA: one fused kernel computing every output pixel from
+the low-res logits), ``cpu`` (C++, float32 logits: per mask, two cached rows of the 1024 grid; float16/
+bfloat16 on CPU run the reference, which is SAM's CPU arithmetic), ``reference`` (SAM's torch path a few
+masks at a time). ``stability_score`` / ``masks_to_boxes``: ``triton`` and ``reference``.
 """
 from __future__ import annotations
 
