@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from litesam_kernels.triton._bits import popcount32
+from litesam_kernels.triton import _bits
 
 AREA_BLOCK = 1024
 BLOCK_I = 16
@@ -22,7 +22,7 @@ def _mask_area_kernel(packed_ptr, areas_ptr, mask_words, BLOCK: tl.constexpr):
     for start in range(0, mask_words, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
         words = tl.load(packed_ptr + mask * mask_words + offsets, mask=offsets < mask_words, other=0)
-        total += popcount32(words.to(tl.uint32, bitcast=True))
+        total += _bits.popcount32(words.to(tl.uint32, bitcast=True))
     tl.store(areas_ptr + mask, tl.sum(total, axis=0))
 
 
@@ -70,7 +70,7 @@ def _mask_iou_kernel(a_ptr, b_ptr, win_a_ptr, win_b_ptr, area_a_ptr, area_b_ptr,
         a = tl.load(a_ptr + a_base[:, None] + offsets[None, :], mask=row_ok[:, None] & p_ok[None, :], other=0)
         b = tl.load(b_ptr + b_base[:, None] + offsets[None, :], mask=col_ok[:, None] & p_ok[None, :], other=0)
         both = a.to(tl.uint32, bitcast=True)[:, None, :] & b.to(tl.uint32, bitcast=True)[None, :, :]
-        inter += tl.sum(popcount32(both), axis=2)
+        inter += tl.sum(_bits.popcount32(both), axis=2)
 
     area_a = tl.load(area_a_ptr + rows, mask=row_ok, other=0)
     area_b = tl.load(area_b_ptr + cols, mask=col_ok, other=0)
