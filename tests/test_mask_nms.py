@@ -131,6 +131,17 @@ class TestMaskNms:
             assert set(alone.tolist()) == set(got[idxs[got] == group].tolist())
 
     @pytest.mark.parametrize("backend", runnable_backends(_MASK_NMS))
+    def test_many_masks(self, backend):
+        """Several 64-wide words per row of the bitmask, groups spanning word boundaries, many copies."""
+        masks, scores = with_duplicates(blob_masks(200, 45, 33, generator=_gen(41)), torch.rand(200, generator=_gen(42)))
+        masks[150:200] = masks[0:50]
+        idxs = torch.randint(0, 3, (200,), generator=_gen(43))
+        for groups in (None, idxs):
+            expected = mask_nms_module._mask_nms_reference(pack_masks(masks), scores, 0.5, groups, 33)
+            with lk.use_backend(backend):
+                assert torch.equal(lk.ops.mask_nms(masks, scores, 0.5, idxs=groups), expected)
+
+    @pytest.mark.parametrize("backend", runnable_backends(_MASK_NMS))
     def test_edge_cases(self, backend):
         with lk.use_backend(backend):
             none = lk.ops.mask_nms(torch.zeros(0, 7, 40, dtype=torch.bool), torch.zeros(0), 0.5)
@@ -302,3 +313,53 @@ class TestMatrixNms:
         torch.library.opcheck(torch.ops.litesam.matrix_nms, (packed, torch.rand(6), None, "gaussian", 2.0, 40))
         torch.library.opcheck(torch.ops.litesam.matrix_nms,
                               (packed, torch.rand(6), torch.tensor([0, 0, 1, 1, 2, 2]), "linear", 2.0, 40))
+
+
+@pytest.mark.gpu
+class TestMaskNmsGpu:
+    """CUDA and Triton on the device vs the reference, at sizes with many 64 x 64 tiles and groups."""
+
+    @pytest.fixture(scope="class")
+    def inputs(self):
+        masks, scores = with_duplicates(blob_masks(700, 67, 250, generator=_gen(31), empty=(0, 99)),
+                                        torch.rand(700, generator=_gen(32)))
+        masks[500:600] = masks[100:200]  # many exact copies with other scores
+        idxs = torch.randint(0, 3, (700,), generator=_gen(33))
+        return masks.cuda(), scores.cuda(), idxs.cuda()
+
+    @pytest.mark.parametrize("backend", ["cuda", "triton"])
+    def test_mask_nms_and_iou(self, backend, inputs):
+        masks, scores, idxs = inputs
+        reason = _backend_reason(backend, _MASK_NMS)
+        if reason:
+            pytest.skip(reason)
+        packed = pack_masks(masks)
+        iou_expected = mask_nms_module._mask_iou_reference(packed, packed[:300], 250)
+        with lk.use_backend(backend):
+            assert torch.equal(lk.ops.mask_iou(masks, masks[:300]), iou_expected)
+            for threshold, groups in ((0.5, None), (0.7, idxs), (0.0, idxs)):
+                expected = mask_nms_module._mask_nms_reference(packed, scores, threshold, groups, 250)
+                assert torch.equal(lk.ops.mask_nms(masks, scores, threshold, idxs=groups), expected)
+                assert torch.equal(lk.ops.mask_nms(packed, scores, threshold, idxs=groups, width=250), expected)
+        with lk.use_backend("cpu"):
+            on_cpu = lk.ops.mask_nms(masks.cpu(), scores.cpu(), 0.5)
+        assert torch.equal(on_cpu, mask_nms_module._mask_nms_reference(packed, scores, 0.5, None, 250).cpu())
+
+    @pytest.mark.parametrize("backend", ["cuda", "triton"])
+    def test_matrix_nms(self, backend, inputs):
+        masks, scores, idxs = inputs
+        reason = _backend_reason(backend, _MATRIX_NMS)
+        if reason:
+            pytest.skip(reason)
+        for kernel in ("gaussian", "linear"):
+            with lk.use_backend("reference"):
+                expected = lk.ops.matrix_nms(masks, scores, idxs=idxs, kernel=kernel)
+            with lk.use_backend(backend):
+                got = lk.ops.matrix_nms(masks, scores, idxs=idxs, kernel=kernel)
+            assert torch.equal(got, expected)
+
+
+def _backend_reason(backend, op):
+    from litesam_kernels import _backend
+
+    return _backend.why_not(backend, op, torch.device("cuda"))

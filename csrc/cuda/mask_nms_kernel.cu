@@ -79,16 +79,20 @@ __device__ void tile_intersections(const MaskSet& rows_set, const MaskSet& cols_
   if (t == 0) pair_count = 0;
   __syncthreads();
 
-  for (int p = t; p < kTile * kTile; p += kThreads) {
+  const int lane = t & 31;
+  for (int p = t; p < kTile * kTile; p += kThreads) {  // uniform trip count: whole warps ballot
     const int r = p / kTile, c = p % kTile;
     PairWindow w;
-    if (r < rows && c < cols && wanted(r, c) && pair_window(row_win + 4 * r, col_win + 4 * c, &w)) {
-      pairs[atomicAdd(&pair_count, 1)] = static_cast<unsigned short>(p);
-    }
+    const bool listed = r < rows && c < cols && wanted(r, c) && pair_window(row_win + 4 * r, col_win + 4 * c, &w);
+    // One shared atomic per warp, not per pair.
+    const unsigned ballot = __ballot_sync(0xffffffffu, listed);
+    int base = 0;
+    if (lane == 0 && ballot != 0) base = atomicAdd(&pair_count, __popc(ballot));
+    base = __shfl_sync(0xffffffffu, base, 0);
+    if (listed) pairs[base + __popc(ballot & ((1u << lane) - 1u))] = static_cast<unsigned short>(p);
   }
   __syncthreads();
 
-  const int lane = t & 31;
   const int64_t mask_words = height * words;
   for (int q = t >> 5; q < pair_count; q += kWarps) {
     const int r = pairs[q] / kTile, c = pairs[q] % kTile;
