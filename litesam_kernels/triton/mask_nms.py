@@ -9,21 +9,26 @@ import triton.language as tl
 
 from litesam_kernels.triton import _bits
 
-AREA_BLOCK = 1024
-BLOCK_I = 16
-BLOCK_J = 16
-BLOCK_K = 32
+AREA_BLOCK_M = 16
+AREA_BLOCK = 256
+# Big tiles: the CPU interpreter pays per program instance, the GPU gets 16K lanes of work per step.
+BLOCK_I = 32
+BLOCK_J = 32
+BLOCK_K = 16
+NUM_WARPS = 8
 
 
 @triton.jit
-def _mask_area_kernel(packed_ptr, areas_ptr, mask_words, BLOCK: tl.constexpr):
-    mask = tl.program_id(0).to(tl.int64)
-    total = tl.zeros([BLOCK], dtype=tl.int32)
+def _mask_area_kernel(packed_ptr, areas_ptr, n, mask_words, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr):
+    masks = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    base = masks.to(tl.int64) * mask_words
+    total = tl.zeros([BLOCK_M, BLOCK], dtype=tl.int32)
     for start in range(0, mask_words, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
-        words = tl.load(packed_ptr + mask * mask_words + offsets, mask=offsets < mask_words, other=0)
+        ok = (masks < n)[:, None] & (offsets < mask_words)[None, :]
+        words = tl.load(packed_ptr + base[:, None] + offsets[None, :], mask=ok, other=0)
         total += _bits.popcount32(words.to(tl.uint32, bitcast=True))
-    tl.store(areas_ptr + mask, tl.sum(total, axis=0))
+    tl.store(areas_ptr + masks, tl.sum(total, axis=1), mask=masks < n)
 
 
 @triton.jit
@@ -87,7 +92,8 @@ def mask_areas(packed: torch.Tensor) -> torch.Tensor:
     n = packed.shape[0]
     areas = torch.empty(n, dtype=torch.int32, device=packed.device)
     if n:
-        _mask_area_kernel[(n,)](packed, areas, packed.shape[1] * packed.shape[2], BLOCK=AREA_BLOCK, num_warps=4)
+        _mask_area_kernel[(triton.cdiv(n, AREA_BLOCK_M),)](
+            packed, areas, n, packed.shape[1] * packed.shape[2], BLOCK_M=AREA_BLOCK_M, BLOCK=AREA_BLOCK, num_warps=4)
     return areas
 
 
@@ -105,7 +111,7 @@ def mask_iou(packed_a: torch.Tensor, windows_a: torch.Tensor, packed_b: torch.Te
     grid = (triton.cdiv(nb, BLOCK_J), triton.cdiv(na, BLOCK_I))
     _mask_iou_kernel[grid](
         packed_a, packed_b, windows_a, windows_b, area_a, area_b, iou, na, nb, words, packed_a.shape[1] * words,
-        UPPER=upper, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=4,
+        UPPER=upper, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS,
     )
     return iou
 
@@ -117,10 +123,11 @@ _IOU_SIGNATURE = {
     "UPPER": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr",
 }
 AOT_KERNELS = [
-    (_mask_area_kernel, {"packed_ptr": "*i32", "areas_ptr": "*i32", "mask_words": "i32", "BLOCK": "constexpr"},
-     {"BLOCK": AREA_BLOCK}, {"num_warps": 4}),
+    (_mask_area_kernel, {"packed_ptr": "*i32", "areas_ptr": "*i32", "n": "i32", "mask_words": "i32",
+                         "BLOCK_M": "constexpr", "BLOCK": "constexpr"},
+     {"BLOCK_M": AREA_BLOCK_M, "BLOCK": AREA_BLOCK}, {"num_warps": 4}),
 ] + [
     (_mask_iou_kernel, _IOU_SIGNATURE,
-     {"UPPER": upper, "BLOCK_I": BLOCK_I, "BLOCK_J": BLOCK_J, "BLOCK_K": BLOCK_K}, {"num_warps": 4})
+     {"UPPER": upper, "BLOCK_I": BLOCK_I, "BLOCK_J": BLOCK_J, "BLOCK_K": BLOCK_K}, {"num_warps": NUM_WARPS})
     for upper in (True, False)
 ]
