@@ -288,31 +288,31 @@ def _matrix_decay(iou_upper: torch.Tensor, groups_sorted: Optional[torch.Tensor]
     return matrix.min(0).values
 
 
-def _matrix_nms_from_iou(iou_fn, packed, scores, idxs, kernel: str, sigma: float) -> torch.Tensor:
-    """Rank by score, IoU of the ranked masks (``iou_fn(packed_sorted)``, upper triangle), decay, unrank."""
-    order = torch.sort(scores, stable=True, descending=True).indices
-    iou = iou_fn(packed[order].contiguous(), order)
-    decay = _matrix_decay(iou, None if idxs is None else idxs[order], kernel, sigma)
+def _decayed_scores(scores, order, iou_ranked_upper, idxs, kernel: str, sigma: float) -> torch.Tensor:
+    """``scores * decay`` in the input order, from the IoU of the score-ranked masks (``order``)."""
+    decay = _matrix_decay(iou_ranked_upper, None if idxs is None else idxs[order], kernel, sigma)
     compute = torch.float64 if scores.dtype == torch.float64 else torch.float32
     decayed = torch.empty_like(scores)
     decayed[order] = (scores[order].to(compute) * decay.to(compute)).to(scores.dtype)
     return decayed
 
 
-# ------------------------------------------------------------------------------------------ kernel paths
-def _iou_upper_fn(backend: str, packed: torch.Tensor, boxes: torch.Tensor, width: int):
-    """(packed_sorted, order) -> upper-triangular IoU of the ranked masks, on ``backend``."""
-    def compute(packed_sorted, order):
-        if backend == "reference":
-            return _mask_iou_reference(packed_sorted, packed_sorted, width).triu(1)
-        boxes_sorted = boxes[order]
-        if backend == "triton":
-            from litesam_kernels.triton.mask_nms import mask_iou as triton_mask_iou
+def _matrix_nms_reference(packed, scores, idxs, kernel: str, sigma: float, width: int) -> torch.Tensor:
+    """mmdet's Matrix NMS on the dense IoU of the score-ranked masks, scores returned in input order."""
+    order = torch.sort(scores, stable=True, descending=True).indices
+    iou = _mask_iou_reference(packed[order], packed[order], width).triu(1)
+    return _decayed_scores(scores, order, iou, idxs, kernel, sigma)
 
-            windows = _windows(boxes_sorted, packed.shape[1], packed.shape[2])
-            return triton_mask_iou(packed_sorted, windows, packed_sorted, windows, upper=True)
-        return _backend.compiled_op(_MASK_IOU)(packed_sorted, boxes_sorted, packed_sorted, boxes_sorted, True)
-    return compute
+
+# ------------------------------------------------------------------------------------------ kernel paths
+def _ranked_iou_upper(backend: str, packed_sorted, boxes_sorted) -> torch.Tensor:
+    """IoU of masks already in rank order, entries j > i only (the rest 0), on a kernel backend."""
+    if backend == "triton":
+        from litesam_kernels.triton.mask_nms import mask_iou as triton_mask_iou
+
+        windows = _windows(boxes_sorted, packed_sorted.shape[1], packed_sorted.shape[2])
+        return triton_mask_iou(packed_sorted, windows, packed_sorted, windows, upper=True)
+    return _backend.compiled_op(_MASK_IOU)(packed_sorted, boxes_sorted, packed_sorted, boxes_sorted, True)
 
 
 def _mask_nms_triton(packed, boxes, scores, iou_threshold: float, idxs) -> torch.Tensor:
@@ -323,7 +323,7 @@ def _mask_nms_triton(packed, boxes, scores, iou_threshold: float, idxs) -> torch
     n = packed.shape[0]
     order = nms_visit_order(scores, idxs)
     groups_sorted = None if idxs is None else idxs[order].to(torch.int64).contiguous()
-    iou = _iou_upper_fn("triton", packed, boxes, 0)(packed[order].contiguous(), order)
+    iou = _ranked_iou_upper("triton", packed[order].contiguous(), boxes[order])
     suppress = iou.double() > iou_threshold
     if groups_sorted is not None:
         suppress &= groups_sorted[:, None] == groups_sorted[None, :]
@@ -346,10 +346,6 @@ def _pack_suppression_bits(suppress: torch.Tensor) -> torch.Tensor:
     return (padded.view(n, col_blocks, _BOXES_PER_WORD) * weights).sum(-1).flatten().contiguous()
 
 
-def _boxes_for(packed, boxes, width):
-    return packed_mask_boxes(packed, width) if boxes is None else boxes
-
-
 def _run_mask_iou(packed_a, packed_b, width: int) -> torch.Tensor:
     backend = _backend.choose(_MASK_IOU, packed_a.device)
     if backend == "reference" or packed_a.shape[0] == 0 or packed_b.shape[0] == 0:
@@ -370,7 +366,8 @@ def _run_mask_nms(packed, scores, iou_threshold: float, idxs, boxes, width: int)
     backend = _backend.choose(_MASK_NMS, packed.device)
     if backend == "reference":
         return _mask_nms_reference(packed, scores, iou_threshold, idxs, width)
-    boxes = _boxes_for(packed, boxes, width)
+    if boxes is None:
+        boxes = packed_mask_boxes(packed, width)
     if backend == "triton":
         return _mask_nms_triton(packed, boxes, scores, iou_threshold, idxs)
     return _backend.compiled_op(_MASK_NMS)(packed, boxes, scores, idxs, iou_threshold)
@@ -380,8 +377,12 @@ def _run_matrix_nms(packed, scores, idxs, kernel: str, sigma: float, width: int)
     if packed.shape[0] == 0:
         return scores.clone()
     backend = _backend.choose(_MATRIX_NMS, packed.device)
-    boxes = None if backend == "reference" else packed_mask_boxes(packed, width)
-    return _matrix_nms_from_iou(_iou_upper_fn(backend, packed, boxes, width), packed, scores, idxs, kernel, sigma)
+    if backend == "reference":
+        return _matrix_nms_reference(packed, scores, idxs, kernel, sigma, width)
+    order = torch.sort(scores, stable=True, descending=True).indices
+    packed_sorted = packed[order].contiguous()
+    iou = _ranked_iou_upper(backend, packed_sorted, packed_mask_boxes(packed_sorted, width))
+    return _decayed_scores(scores, order, iou, idxs, kernel, sigma)
 
 
 # ------------------------------------------------------------------------------------------ custom ops
