@@ -230,6 +230,14 @@ class TestMaskNms:
         with pytest.raises(ValueError, match="boxes"):
             torch.ops.litesam._mask_iou_kernel(packed, boxes[:3], packed, boxes, False)
 
+    @pytest.mark.skipif(not hasattr(torch.ops.litesam, "_mask_nms_kernel"), reason="compiled extension missing")
+    def test_compiled_kernel_opcheck(self):
+        packed = pack_masks(blob_masks(6, 9, 40, generator=_gen(17)))
+        boxes = mask_nms_module.packed_mask_boxes(packed, 40)
+        torch.library.opcheck(torch.ops.litesam._mask_iou_kernel, (packed, boxes, packed[:4], boxes[:4], False))
+        torch.library.opcheck(torch.ops.litesam._mask_nms_kernel,
+                              (packed, boxes, torch.rand(6), torch.tensor([0, 1, 0, 1, 0, 1]), 0.3))
+
     def test_opcheck(self):
         packed = pack_masks(blob_masks(6, 9, 40, generator=_gen(16)))
         scores = torch.rand(6)
