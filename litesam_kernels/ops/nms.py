@@ -195,7 +195,7 @@ def _batched_nms_op(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tenso
 
 
 def _kept_indices_like(boxes: torch.Tensor) -> torch.Tensor:
-    kept_count = torch.library.get_ctx().new_dynamic_size(min=0, max=boxes.shape[0])
+    kept_count = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((kept_count,), dtype=torch.long)
 
 
