@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-from helpers import lk, runnable_backends
+from tests.helpers import lk, runnable_backends
 from litesam_kernels.ops.bitmask import pack_masks
 
 mask_nms_module = importlib.import_module("litesam_kernels.ops.mask_nms")

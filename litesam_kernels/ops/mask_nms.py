@@ -408,8 +408,7 @@ def _mask_nms_op(packed: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
 
 
 def _kept_indices_like(packed: torch.Tensor) -> torch.Tensor:
-    n = packed.shape[0]  # a SymInt under dynamic shapes, where new_dynamic_size takes no bound
-    kept_count = torch.library.get_ctx().new_dynamic_size(min=0, max=n if isinstance(n, int) else None)
+    kept_count = torch.library.get_ctx().new_dynamic_size()
     return packed.new_empty((kept_count,), dtype=torch.long)
 
 
