@@ -15,6 +15,14 @@ Semantics shared by the three ops (every backend returns identical IoUs and keep
   none are given, or larger); a box that cuts off part of its mask gives a wrong IoU.
 - Score order: decreasing score, equal scores by increasing index (a stable sort); a NaN score sorts
   first, as in ``torch.sort``.
+
+Backends: ``cuda`` (tiles of 64 x 64 pairs; box-overlapping pairs compacted, one warp per pair ANDs and
+``__popc``-s the boxes' intersection; mask NMS writes box NMS's N x ceil(N/64) int64 suppression bitmask
+and reuses its device-side greedy walk: one host sync, for the kept count); ``triton`` (IoU tiles with a
+SWAR popcount; mask NMS thresholds the N x N float32 IoU into the same bitmask and reuses box NMS's Triton
+walk); ``cpu`` (C++: lazy greedy, only (kept, not yet suppressed) pairs are evaluated, in parallel per
+kept mask); ``reference`` (dense float64 matmul and a Python loop). Matrix NMS uses the backend's IoU
+kernel, then the decay in torch (O(N^2) memory).
 """
 from __future__ import annotations
 
