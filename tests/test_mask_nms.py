@@ -245,6 +245,19 @@ class TestMaskNms:
         torch.library.opcheck(torch.ops.litesam._mask_nms_kernel,
                               (packed, boxes, torch.rand(6), torch.tensor([0, 1, 0, 1, 0, 1]), 0.3))
 
+    def test_compile_fullgraph(self):
+        masks, scores = blob_masks(20, 37, 70, generator=_gen(18)), torch.rand(20, generator=_gen(19))
+        idxs = torch.randint(0, 2, (20,), generator=_gen(20))
+
+        def select(masks, scores, idxs):
+            keep = lk.ops.mask_nms(masks, scores, 0.3, idxs=idxs)
+            return scores[keep], lk.ops.matrix_nms(masks, scores, idxs=idxs), lk.ops.mask_iou(masks, masks[:5])
+
+        kept_scores, decayed, iou = torch.compile(select, fullgraph=True)(masks, scores, idxs)
+        assert torch.equal(kept_scores, scores[lk.ops.mask_nms(masks, scores, 0.3, idxs=idxs)])
+        assert torch.equal(decayed, lk.ops.matrix_nms(masks, scores, idxs=idxs))
+        assert torch.equal(iou, lk.ops.mask_iou(masks, masks[:5]))
+
     def test_opcheck(self):
         packed = pack_masks(blob_masks(6, 9, 40, generator=_gen(16)))
         scores = torch.rand(6)
