@@ -43,6 +43,7 @@ def connected_components(masks: torch.Tensor) -> torch.Tensor:
     Raises:
         TypeError: non-tensor or non-bool ``masks``. ValueError: fewer than 2 dims, or H*W too large for int32 ids.
     """
+    _check_masks(masks)
     return torch.ops.litesam.connected_components(masks)
 
 
@@ -62,6 +63,7 @@ def remove_small_regions(masks: torch.Tensor, area_thresh: float, mode: str) -> 
         TypeError: non-tensor/non-bool masks, non-real threshold, non-str mode.
         ValueError: fewer than 2 dims, negative/NaN threshold, unknown mode.
     """
+    _check_masks(masks)
     if not isinstance(mode, str):
         raise TypeError(f"mode must be a str ('holes' or 'islands'), got {type(mode).__name__}")
     if mode not in MODES:
