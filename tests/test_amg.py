@@ -1,0 +1,215 @@
+"""FastSamAutomaticMaskGenerator vs segment_anything.SamAutomaticMaskGenerator on a tiny random Sam (CPU).
+
+The tiny model is built from segment_anything's own modules (ViT encoder of 2 blocks on 128 px inputs,
+a 32-dim two-way transformer decoder). Its random weights are rescaled so that masks are a few blobs
+(not half the image) and their stability varies: many masks then survive the thresholds and NMS, and
+every filter (IoU, stability incl. NaN, crop edge, both NMS, holes/islands) decides something."""
+import json
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+sa = pytest.importorskip("segment_anything")
+from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
+
+from litesam_kernels.amg import FastSamAutomaticMaskGenerator, sam_batched_nms  # noqa: E402
+
+H, W = 96, 128
+
+
+def tiny_sam(seed=0, img_size=128, dim=32):
+    torch.manual_seed(seed)
+    emb = img_size // 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=img_size, patch_size=16, embed_dim=48, depth=2, num_heads=2, mlp_ratio=2.0, out_chans=dim,
+            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+            global_attn_indexes=(1,), window_size=4,
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(emb, emb),
+                                     input_image_size=(img_size, img_size), mask_in_chans=8),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+                                 transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
+    )
+    with torch.no_grad():
+        # Higher-frequency point encodings and large hypernetwork weights: masks depend on the point
+        # and logits are O(1..10), so stability scores spread over [0, 1].
+        sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(3)
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(300)
+            mlp.layers[-1].bias.zero_()
+        # One constant upscaled channel times a negative weight: a logit offset, so masks are blobs.
+        upscaling = sam.mask_decoder.output_upscaling
+        upscaling[3].weight[:, 0] = 0
+        upscaling[3].bias[0] = 1.0
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight[0] = 0
+            mlp.layers[-1].bias[0] = -16.0
+    return sam.eval()
+
+
+def scene(h=H, w=W, seed=0):
+    """A synthetic photo-like scene: gradient background, filled discs and rectangles, sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.float64) + (xx / w * 80 + yy / h * 40)[..., None]
+    for _ in range(6):
+        colour = rng.uniform(40, 255, 3)
+        if rng.random() < 0.5:
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 24)
+            inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        else:
+            y0, x0 = rng.integers(0, h - 10), rng.integers(0, w - 10)
+            inside = (yy >= y0) & (yy < y0 + rng.integers(8, 40)) & (xx >= x0) & (xx < x0 + rng.integers(8, 50))
+        img[inside] = colour
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return tiny_sam()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return scene()
+
+
+# Thresholds low enough that many masks survive; box NMS loose because random-weight masks overlap a lot.
+BASE = dict(points_per_side=8, points_per_batch=16, pred_iou_thresh=-1.0, stability_score_thresh=0.2,
+            box_nms_thresh=0.98, crop_nms_thresh=0.98)
+
+
+def typed(value):
+    """Records as JSON with types kept (1 vs 1.0 differ, as they do for json.dumps users)."""
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.dtype.str, "shape": value.shape, "bits": np.packbits(value).tobytes().hex()}
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [typed(v) for v in value]
+    if isinstance(value, float):
+        return ("float", "nan" if math.isnan(value) else value)
+    return (type(value).__name__, value)
+
+
+def assert_same_records(expected, got, score_tol=1e-6):
+    assert len(got) == len(expected)
+    for i, (e, g) in enumerate(zip(expected, got)):
+        assert set(g) == set(e)
+        for key in ("predicted_iou", "stability_score"):
+            ev, gv = e[key], g[key]
+            assert (math.isnan(ev) and math.isnan(gv)) or abs(ev - gv) <= score_tol, (i, key, ev, gv)
+        e_exact = {k: v for k, v in e.items() if k not in ("predicted_iou", "stability_score")}
+        g_exact = {k: v for k, v in g.items() if k not in ("predicted_iou", "stability_score")}
+        assert json.dumps(typed(g_exact)) == json.dumps(typed(e_exact)), f"record {i} differs"
+
+
+def run_both(sam, image, **kwargs):
+    expected = SamAutomaticMaskGenerator(sam, **kwargs).generate(image)
+    got = FastSamAutomaticMaskGenerator(sam, **kwargs).generate(image)
+    assert_same_records(expected, got)
+    return expected
+
+
+class TestFastSamAutomaticMaskGenerator:
+    def test_uncompressed_rle_many_records(self, sam, image):
+        records = run_both(sam, image, **BASE, output_mode="uncompressed_rle")
+        assert len(records) >= 8
+        assert len({tuple(r["bbox"]) for r in records}) == len(records)
+
+    def test_binary_mask_with_decoder_grouping(self, sam, image):
+        expected = SamAutomaticMaskGenerator(sam, **BASE).generate(image)
+        for batches in (1, 3):
+            got = FastSamAutomaticMaskGenerator(sam, **BASE, batches_per_decoder_call=batches).generate(image)
+            assert_same_records(expected, got)
+        assert all(r["segmentation"].shape == (H, W) and r["segmentation"].dtype == bool for r in got)
+
+    def test_crops_and_coco_rle(self, sam, image):
+        pytest.importorskip("pycocotools")
+        records = run_both(sam, image, **BASE, crop_n_layers=1, output_mode="coco_rle")
+        assert len({tuple(r["crop_box"]) for r in records}) > 1  # masks from several crops survive
+        assert all(isinstance(r["segmentation"]["counts"], str) for r in records)
+
+    def test_min_mask_region_area(self, sam, image):
+        kwargs = dict(BASE, output_mode="uncompressed_rle")
+        plain = FastSamAutomaticMaskGenerator(sam, **kwargs).generate(image)
+        records = run_both(sam, image, **kwargs, min_mask_region_area=60)
+        assert [r["segmentation"] for r in records] != [r["segmentation"] for r in plain]  # something changed
+
+    def test_crops_with_min_mask_region_area_and_small_chunks(self, sam, image):
+        kwargs = dict(BASE, crop_n_layers=1, min_mask_region_area=40, output_mode="uncompressed_rle")
+        expected = SamAutomaticMaskGenerator(sam, **kwargs).generate(image)
+        got = FastSamAutomaticMaskGenerator(sam, **kwargs, masks_per_chunk=3).generate(image)
+        assert_same_records(expected, got)
+
+    def test_nan_stability_and_empty_masks(self, sam, image):
+        # No stability filter: masks with an empty union (NaN stability, empty box) are kept, as in SAM.
+        records = run_both(sam, image, **dict(BASE, stability_score_thresh=0.0, pred_iou_thresh=0.0),
+                           output_mode="uncompressed_rle")
+        assert any(r["area"] == 0 for r in records)
+
+    def test_point_grids_and_strict_thresholds(self, sam, image):
+        grid = np.random.default_rng(1).uniform(0.02, 0.98, (37, 2))
+        kwargs = dict(BASE, points_per_side=None, point_grids=[grid], pred_iou_thresh=0.0,
+                      stability_score_thresh=0.5, output_mode="uncompressed_rle")
+        run_both(sam, image, **kwargs)
+
+    def test_generate_batch_equals_generate(self, sam, image):
+        images = [image, scene(80, 60, seed=1), scene(64, 64, seed=2)]
+        kwargs = dict(BASE, crop_n_layers=1, output_mode="uncompressed_rle")
+        single = FastSamAutomaticMaskGenerator(sam, **kwargs)
+        expected = [single.generate(im) for im in images]
+        for per_call in (1, 4):
+            got = FastSamAutomaticMaskGenerator(sam, **kwargs, images_per_encoder_call=per_call).generate_batch(images)
+            assert len(got) == len(images)
+            for e, g in zip(expected, got):
+                assert_same_records(e, g)
+        assert FastSamAutomaticMaskGenerator(sam, **kwargs).generate_batch([]) == []
+
+    def test_bad_input(self, sam, image):
+        gen = FastSamAutomaticMaskGenerator(sam, **BASE)
+        with pytest.raises(TypeError, match="uint8"):
+            gen.generate(image.astype(np.float32))
+        with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+            gen.generate(image[..., :2])
+        with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+            gen.generate(image[..., 0])
+        with pytest.raises(ValueError, match="empty"):
+            gen.generate(np.zeros((0, 10, 3), np.uint8))
+        with pytest.raises(TypeError, match="numpy"):
+            gen.generate(torch.from_numpy(image))
+        with pytest.raises(TypeError, match="list"):
+            gen.generate_batch(image[None][0])
+        with pytest.raises(ValueError, match="output_mode"):
+            FastSamAutomaticMaskGenerator(sam, output_mode="polygon")
+        with pytest.raises(ValueError, match="Exactly one"):
+            FastSamAutomaticMaskGenerator(sam, points_per_side=None)
+        with pytest.raises(ValueError, match="points_per_batch"):
+            FastSamAutomaticMaskGenerator(sam, points_per_batch=0)
+
+
+class TestSamBatchedNms:
+    """torchvision.ops.batched_nms(boxes, scores, zeros, t), tie order included, on both of its paths."""
+
+    @pytest.mark.parametrize("n", [0, 1, 300, 999, 1001, 2500])
+    @pytest.mark.parametrize("scores_kind", ["binary", "distinct", "per_crop"])
+    def test_matches_torchvision_on_cpu(self, n, scores_kind):
+        torchvision = pytest.importorskip("torchvision")
+        g = torch.Generator().manual_seed(n)
+        xy = torch.randint(0, 200, (n, 2), generator=g)
+        boxes = torch.cat([xy, xy + torch.randint(0, 60, (n, 2), generator=g)], 1).float()
+        if scores_kind == "binary":
+            scores = (torch.rand(n, generator=g) < 0.3).float()
+        elif scores_kind == "per_crop":
+            scores = 1 / torch.tensor([100 * 100, 60 * 60, 60 * 61])[torch.randint(0, 3, (n,), generator=g)]
+        else:
+            scores = torch.rand(n, generator=g)
+        expected = torchvision.ops.batched_nms(boxes, scores, torch.zeros(n), 0.7)
+        assert torch.equal(sam_batched_nms(boxes, scores, 0.7), expected)
