@@ -38,47 +38,6 @@ _VANILLA_NMS_NUMEL_DEFAULT = 100_000
 _PACK_CHUNK = 16  # masks per pack/unpack call: bounds the int32/int64 temporaries
 
 
-# ---------------------------------------------------------------------------------------------- adapters
-# The SAM-semantics post-processing ops (stability score, mask->box, RLE) come from
-# litesam_kernels.ops when present; until then segment_anything's own functions give identical results.
-def _stability_scores(mask_logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
-    if hasattr(ops, "stability_score"):
-        return ops.stability_score(mask_logits, mask_threshold, offset)
-    from segment_anything.utils.amg import calculate_stability_score
-
-    return calculate_stability_score(mask_logits, mask_threshold, offset)
-
-
-def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    if hasattr(ops, "masks_to_boxes"):
-        return ops.masks_to_boxes(masks)
-    from segment_anything.utils.amg import batched_mask_to_box
-
-    return batched_mask_to_box(masks)
-
-
-def _rles(masks: torch.Tensor) -> List[Dict[str, Any]]:
-    """SAM's uncompressed RLE of every mask of a bool (B, H, W) stack, with one device-to-host copy."""
-    if hasattr(ops, "mask_to_rle"):
-        return ops.mask_to_rle(masks)
-    b, h, w = masks.shape
-    if b == 0:
-        return []
-    column_major = masks.transpose(1, 2).flatten(1)
-    changes = torch.nonzero(column_major[:, 1:] ^ column_major[:, :-1])
-    first = column_major[:, 0]
-    packed = torch.cat([changes.flatten(), first.to(changes.dtype)]).cpu().numpy()
-    changes, first = packed[:-b].reshape(-1, 2), packed[-b:]
-    bounds = np.searchsorted(changes[:, 0], np.arange(b + 1))
-    out = []
-    for i in range(b):
-        run_ends = np.concatenate([[0], changes[bounds[i]:bounds[i + 1], 1] + 1, [h * w]])
-        counts = [] if first[i] == 0 else [0]
-        counts.extend(np.diff(run_ends).tolist())
-        out.append({"size": [h, w], "counts": counts})
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- NMS
 def sam_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """``torchvision.ops.batched_nms(boxes, scores, zeros, iou_threshold)`` with its exact output order.
@@ -123,6 +82,10 @@ class FastSamAutomaticMaskGenerator:
         images_per_encoder_call: crop images encoded per image-encoder call in ``generate_batch``. 1 (the
             default) runs the encoder exactly as segment_anything does; larger batches are faster but on
             some devices the encoder's float results can differ in the last bits from batch size 1.
+        fused_postprocess: True (default): masks, stability scores and boxes come from one fused pass over
+            the low-res logits (:func:`litesam_kernels.ops.postprocess_masks`, bit-exact with torch's
+            resizes where verified, see its docstring). False: the model's own ``postprocess_masks``
+            (full-resolution float logits of one point batch at a time), exact by construction.
     """
 
     def __init__(
@@ -145,6 +108,7 @@ class FastSamAutomaticMaskGenerator:
         batches_per_decoder_call: int = 4,
         masks_per_chunk: int = 64,
         images_per_encoder_call: int = 1,
+        fused_postprocess: bool = True,
     ) -> None:
         from segment_anything.predictor import SamPredictor
         from segment_anything.utils.amg import build_all_layer_point_grids
@@ -182,6 +146,7 @@ class FastSamAutomaticMaskGenerator:
         self.batches_per_decoder_call = int(batches_per_decoder_call)
         self.masks_per_chunk = int(masks_per_chunk)
         self.images_per_encoder_call = int(images_per_encoder_call)
+        self.fused_postprocess = bool(fused_postprocess)
 
     @property
     def model(self):
@@ -255,45 +220,61 @@ class FastSamAutomaticMaskGenerator:
                 image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense, multimask_output=True,
             )
-            parts = [
-                self._postprocess_batch(low_res[s:s + self.points_per_batch], iou_preds[s:s + self.points_per_batch],
-                                        start + s, input_size, crop_box, crop_size, orig_size)
-                for s in range(0, low_res.shape[0], self.points_per_batch)
-            ]
-            batch_has_masks += [p.pop("scored").any() for p in parts]
-            merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            survivors = torch.nonzero(merged.pop("valid")).squeeze(1)  # the one host wait of this decoder call
-            kept.append({k: v[survivors] for k, v in merged.items()})
+            part = self._postprocess(low_res, iou_preds, start, input_size, crop_box, crop_size, orig_size)
+            batch_has_masks.append(part.pop("scored"))
+            survivors = torch.nonzero(part.pop("valid")).squeeze(1)  # the one host wait of this decoder call
+            kept.append({k: v[survivors] for k, v in part.items()})
         data = {k: torch.cat([d[k] for d in kept]) for k in kept[0]}
         keep = sam_batched_nms(data["boxes"].float(), data["iou_preds"], self.box_nms_thresh)
         data = {k: v[keep] for k, v in data.items()}
         offset = torch.tensor([[x0, y0, x0, y0]], device=data["boxes"].device)
-        float_boxes = not bool(torch.stack(batch_has_masks).all())
+        float_boxes = not bool(torch.cat(batch_has_masks).all())
         return _CropMasks(crop_box, points, data["packed"], data["boxes"] + offset, data["iou_preds"],
                           data["stability"], data["point_index"], float_boxes)
 
-    def _postprocess_batch(self, low_res, iou_preds, first_point, input_size, crop_box, crop_size, orig_size):
-        """segment_anything's ``_process_batch`` for one point batch, with validity flags instead of filtering."""
+    def _postprocess(self, low_res, iou_preds, first_point, input_size, crop_box, crop_size, orig_size):
+        """segment_anything's ``_process_batch`` for the point batches of one decoder call, with validity
+        flags instead of filtering; masks come out bit-packed from one fused pass over the low-res logits."""
         from segment_anything.utils.amg import is_box_near_crop_edge
 
         model = self.model
-        mask_logits = model.postprocess_masks(low_res, input_size, crop_size).flatten(0, 1)
+        masks_per_point = low_res.shape[1]
+        if self.fused_postprocess:
+            post = ops.postprocess_masks(
+                low_res.flatten(0, 1), input_size, crop_size, mask_threshold=model.mask_threshold,
+                stability_offset=self.stability_score_offset, packed=True, image_size=model.image_encoder.img_size,
+            )
+        else:
+            post = self._postprocess_unfused(low_res, input_size, crop_size)
         iou_preds = iou_preds.flatten(0, 1)
         valid = torch.ones_like(iou_preds, dtype=torch.bool)
         if self.pred_iou_thresh > 0.0:
             valid &= iou_preds > self.pred_iou_thresh
-        stability = _stability_scores(mask_logits, model.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
-            valid &= stability >= self.stability_score_thresh
-        scored = valid.clone()
-        masks = mask_logits > model.mask_threshold
-        del mask_logits
-        boxes = _mask_boxes(masks)
-        valid &= ~is_box_near_crop_edge(boxes, list(crop_box), [0, 0, orig_size[1], orig_size[0]])
-        point_index = first_point + torch.arange(masks.shape[0], device=masks.device) // low_res.shape[1]
-        packed = torch.cat([pack_masks(masks[i:i + _PACK_CHUNK]) for i in range(0, masks.shape[0], _PACK_CHUNK)])
-        return {"packed": packed, "boxes": boxes, "iou_preds": iou_preds, "stability": stability,
+            valid &= post.stability_scores >= self.stability_score_thresh
+        # Per point batch of segment_anything: did any mask pass the score filters (see _CropMasks)?
+        per_batch = self.points_per_batch * masks_per_point
+        scored = torch.zeros(-(-valid.shape[0] // per_batch), dtype=torch.long, device=valid.device)
+        scored = scored.index_add_(0, torch.arange(valid.shape[0], device=valid.device) // per_batch, valid.long()) > 0
+        valid &= ~is_box_near_crop_edge(post.boxes, list(crop_box), [0, 0, orig_size[1], orig_size[0]])
+        point_index = first_point + torch.arange(valid.shape[0], device=valid.device) // masks_per_point
+        return {"packed": post.masks, "boxes": post.boxes, "iou_preds": iou_preds, "stability": post.stability_scores,
                 "point_index": point_index, "valid": valid, "scored": scored}
+
+    def _postprocess_unfused(self, low_res, input_size, crop_size) -> ops.PostprocessedMasks:
+        """The model's own ``postprocess_masks`` (full-resolution logits of one point batch at a time),
+        then the same stability / threshold / box / packing as the fused op."""
+        model = self.model
+        packed, stability, boxes = [], [], []
+        for s in range(0, low_res.shape[0], self.points_per_batch):
+            logits = model.postprocess_masks(low_res[s:s + self.points_per_batch], input_size, crop_size).flatten(0, 1)
+            stability.append(ops.stability_score(logits, model.mask_threshold, self.stability_score_offset))
+            masks = logits > model.mask_threshold
+            del logits
+            boxes.append(ops.masks_to_boxes(masks))
+            packed += [pack_masks(masks[i:i + _PACK_CHUNK]) for i in range(0, masks.shape[0], _PACK_CHUNK)]
+        packed = torch.cat(packed)
+        return ops.PostprocessedMasks(packed, torch.cat(stability), torch.cat(boxes), None)
 
     # ------------------------------------------------------------------------------------------ records
     def _records(self, crops: List[_CropMasks], orig_size) -> List[Dict[str, Any]]:
@@ -320,15 +301,17 @@ class FastSamAutomaticMaskGenerator:
             point_index, crop_of, row_of = point_index[keep.to(point_index.device)], crop_of[keep], row_of[keep]
             packed_full = packed_full[keep.to(packed_full.device)]
 
+        width = orig_size[1]
         rles, binary = [], []
         for start in range(0, len(row_of), self.masks_per_chunk):
             stop = min(start + self.masks_per_chunk, len(row_of))
             if packed_full is not None:
-                masks = unpack_masks(packed_full[start:stop], orig_size[1])
+                packed, masks = packed_full[start:stop], None
             else:
-                masks = self._full_masks(crops, crop_of[start:stop], row_of[start:stop], orig_size)
-            rles += _rles(masks)
+                packed, masks = self._chunk_masks(crops, crop_of[start:stop], row_of[start:stop], orig_size)
+            rles += ops.mask_to_rle(packed, width=width) if packed is not None else ops.mask_to_rle(masks)
             if self.output_mode == "binary_mask":
+                masks = unpack_masks(packed, width) if masks is None else masks
                 binary += list(masks.cpu().numpy())
 
         return self._to_records(crops, rles, binary, boxes, iou_preds, stability, point_index, crop_of)
@@ -368,6 +351,15 @@ class FastSamAutomaticMaskGenerator:
             })
         return records
 
+    def _chunk_masks(self, crops, crop_of, row_of, orig_size):
+        """(packed, None) when every record of the chunk comes from a full-image crop (no copy needed),
+        else (None, bool image-frame masks)."""
+        full = [c for c in torch.unique(crop_of).tolist() if crops[c].crop_box == (0, 0, orig_size[1], orig_size[0])]
+        if len(full) == 1 and bool((crop_of == full[0]).all()):
+            crop = crops[full[0]]
+            return crop.packed[row_of.to(crop.packed.device)], None
+        return None, self._full_masks(crops, crop_of, row_of, orig_size)
+
     def _full_masks(self, crops, crop_of, row_of, orig_size) -> torch.Tensor:
         """Bool (k, H, W) image-frame masks of the records (crop_of[j], row_of[j]) (segment_anything's uncrop_masks)."""
         height, width = orig_size
@@ -393,7 +385,7 @@ class FastSamAutomaticMaskGenerator:
             masks, holes_changed = ops.remove_small_regions(masks, area, "holes")
             masks, islands_changed = ops.remove_small_regions(masks, area, "islands")
             changed.append(holes_changed | islands_changed)
-            new_boxes.append(_mask_boxes(masks))
+            new_boxes.append(ops.masks_to_boxes(masks))
             packed.append(torch.cat([pack_masks(masks[i:i + _PACK_CHUNK]) for i in range(0, masks.shape[0], _PACK_CHUNK)]))
         changed = torch.cat(changed)
         new_boxes = torch.cat(new_boxes)

@@ -1,12 +1,7 @@
-"""FastSamAutomaticMaskGenerator vs segment_anything.SamAutomaticMaskGenerator on a tiny random Sam (CPU).
-
-The tiny model is built from segment_anything's own modules (ViT encoder of 2 blocks on 128 px inputs,
-a 32-dim two-way transformer decoder). Its random weights are rescaled so that masks are a few blobs
-(not half the image) and their stability varies: many masks then survive the thresholds and NMS, and
-every filter (IoU, stability incl. NaN, crop edge, both NMS, holes/islands) decides something."""
+"""FastSamAutomaticMaskGenerator vs segment_anything.SamAutomaticMaskGenerator on a tiny random Sam (CPU),
+see tests/tiny_sam.py: identical records (types included), scores within float tolerance."""
 import json
 import math
-from functools import partial
 
 import numpy as np
 import pytest
@@ -14,61 +9,11 @@ import torch
 
 sa = pytest.importorskip("segment_anything")
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
 
 from litesam_kernels.amg import FastSamAutomaticMaskGenerator, sam_batched_nms  # noqa: E402
+from tests.tiny_sam import scene, tiny_sam  # noqa: E402
 
 H, W = 96, 128
-
-
-def tiny_sam(seed=0, img_size=128, dim=32):
-    torch.manual_seed(seed)
-    emb = img_size // 16
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img_size, patch_size=16, embed_dim=48, depth=2, num_heads=2, mlp_ratio=2.0, out_chans=dim,
-            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            global_attn_indexes=(1,), window_size=4,
-        ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(emb, emb),
-                                     input_image_size=(img_size, img_size), mask_in_chans=8),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
-                                 transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
-    )
-    with torch.no_grad():
-        # Higher-frequency point encodings and large hypernetwork weights: masks depend on the point
-        # and logits are O(1..10), so stability scores spread over [0, 1].
-        sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(3)
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(300)
-            mlp.layers[-1].bias.zero_()
-        # One constant upscaled channel times a negative weight: a logit offset, so masks are blobs.
-        upscaling = sam.mask_decoder.output_upscaling
-        upscaling[3].weight[:, 0] = 0
-        upscaling[3].bias[0] = 1.0
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight[0] = 0
-            mlp.layers[-1].bias[0] = -16.0
-    return sam.eval()
-
-
-def scene(h=H, w=W, seed=0):
-    """A synthetic photo-like scene: gradient background, filled discs and rectangles, sensor noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3), np.float64) + (xx / w * 80 + yy / h * 40)[..., None]
-    for _ in range(6):
-        colour = rng.uniform(40, 255, 3)
-        if rng.random() < 0.5:
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 24)
-            inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        else:
-            y0, x0 = rng.integers(0, h - 10), rng.integers(0, w - 10)
-            inside = (yy >= y0) & (yy < y0 + rng.integers(8, 40)) & (xx >= x0) & (xx < x0 + rng.integers(8, 50))
-        img[inside] = colour
-    img += rng.normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +71,9 @@ class TestFastSamAutomaticMaskGenerator:
 
     def test_binary_mask_with_decoder_grouping(self, sam, image):
         expected = SamAutomaticMaskGenerator(sam, **BASE).generate(image)
-        for batches in (1, 3):
-            got = FastSamAutomaticMaskGenerator(sam, **BASE, batches_per_decoder_call=batches).generate(image)
+        for batches, fused in ((1, True), (3, True), (2, False)):
+            got = FastSamAutomaticMaskGenerator(sam, **BASE, batches_per_decoder_call=batches,
+                                                fused_postprocess=fused).generate(image)
             assert_same_records(expected, got)
         assert all(r["segmentation"].shape == (H, W) and r["segmentation"].dtype == bool for r in got)
 
@@ -213,3 +159,15 @@ class TestSamBatchedNms:
             scores = torch.rand(n, generator=g)
         expected = torchvision.ops.batched_nms(boxes, scores, torch.zeros(n), 0.7)
         assert torch.equal(sam_batched_nms(boxes, scores, 0.7), expected)
+
+
+@pytest.mark.gpu
+class TestOnCuda:
+    @pytest.mark.parametrize("fused", [True, False])
+    def test_matches_segment_anything(self, image, fused):
+        model = tiny_sam().cuda()
+        kwargs = dict(BASE, crop_n_layers=1, min_mask_region_area=40, output_mode="uncompressed_rle")
+        expected = SamAutomaticMaskGenerator(model, **kwargs).generate(image)
+        got = FastSamAutomaticMaskGenerator(model, **kwargs, fused_postprocess=fused).generate(image)
+        assert_same_records(expected, got, score_tol=1e-5)
+        assert len(got) >= 8
