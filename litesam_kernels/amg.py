@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from litesam_kernels import ops
+from litesam_kernels import _backend, ops
 from litesam_kernels.ops.bitmask import pack_masks, unpack_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -82,10 +82,11 @@ class FastSamAutomaticMaskGenerator:
         images_per_encoder_call: crop images encoded per image-encoder call in ``generate_batch``. 1 (the
             default) runs the encoder exactly as segment_anything does; larger batches are faster but on
             some devices the encoder's float results can differ in the last bits from batch size 1.
-        fused_postprocess: True (default): masks, stability scores and boxes come from one fused pass over
-            the low-res logits (:func:`litesam_kernels.ops.postprocess_masks`, bit-exact with torch's
-            resizes where verified, see its docstring). False: the model's own ``postprocess_masks``
-            (full-resolution float logits of one point batch at a time), exact by construction.
+        fused_postprocess: True: masks, stability scores and boxes come from one fused pass over the
+            low-res logits (:func:`litesam_kernels.ops.postprocess_masks`, bit-exact with torch's resizes
+            where verified, see its docstring). False: the model's own ``postprocess_masks`` (full-resolution
+            float logits of one point batch at a time), exact by construction. None (default): True when a
+            compiled or Triton kernel runs that op on the model's device, else False.
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class FastSamAutomaticMaskGenerator:
         batches_per_decoder_call: int = 4,
         masks_per_chunk: int = 64,
         images_per_encoder_call: int = 1,
-        fused_postprocess: bool = True,
+        fused_postprocess: Optional[bool] = None,
     ) -> None:
         from segment_anything.predictor import SamPredictor
         from segment_anything.utils.amg import build_all_layer_point_grids
@@ -146,6 +147,10 @@ class FastSamAutomaticMaskGenerator:
         self.batches_per_decoder_call = int(batches_per_decoder_call)
         self.masks_per_chunk = int(masks_per_chunk)
         self.images_per_encoder_call = int(images_per_encoder_call)
+        if fused_postprocess is None:
+            # The fused op's reference fallback is slower than torch's own resizes: fuse only with a kernel.
+            op = _backend.implementations("postprocess_masks")
+            fused_postprocess = _backend.choose(op, torch.device(model.device)) != "reference"
         self.fused_postprocess = bool(fused_postprocess)
 
     @property

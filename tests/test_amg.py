@@ -108,15 +108,14 @@ class TestFastSamAutomaticMaskGenerator:
         run_both(sam, image, **kwargs)
 
     def test_generate_batch_equals_generate(self, sam, image):
-        images = [image, scene(80, 60, seed=1), scene(64, 64, seed=2)]
+        images = [image, scene(64, 48, seed=1)]
         kwargs = dict(BASE, crop_n_layers=1, output_mode="uncompressed_rle")
-        single = FastSamAutomaticMaskGenerator(sam, **kwargs)
-        expected = [single.generate(im) for im in images]
-        for per_call in (1, 4):
-            got = FastSamAutomaticMaskGenerator(sam, **kwargs, images_per_encoder_call=per_call).generate_batch(images)
-            assert len(got) == len(images)
-            for e, g in zip(expected, got):
-                assert_same_records(e, g)
+        expected = [FastSamAutomaticMaskGenerator(sam, **kwargs).generate(im) for im in images]
+        # 3 crop images per encoder call: groups straddle the two images (5 crops each).
+        got = FastSamAutomaticMaskGenerator(sam, **kwargs, images_per_encoder_call=3).generate_batch(images)
+        assert len(got) == len(images) and all(len(e) > 0 for e in expected)
+        for e, g in zip(expected, got):
+            assert_same_records(e, g)
         assert FastSamAutomaticMaskGenerator(sam, **kwargs).generate_batch([]) == []
 
     def test_bad_input(self, sam, image):
