@@ -184,12 +184,18 @@ class FastSamAutomaticMaskGenerator:
             crop_boxes, layer_idxs = generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
             crops += [(i, tuple(int(v) for v in box), layer) for box, layer in zip(crop_boxes, layer_idxs)]
         per_image: List[List[_CropMasks]] = [[] for _ in images]
+        crops_left = [sum(1 for c in crops if c[0] == i) for i in range(len(images))]
+        records: List[Optional[List[Dict[str, Any]]]] = [None] * len(images)
         for start in range(0, len(crops), self.images_per_encoder_call):
             group = crops[start:start + self.images_per_encoder_call]
             encoded = self._encode([images[i][box[1]:box[3], box[0]:box[2], :] for i, box, _ in group])
             for (i, box, layer), (features, input_size) in zip(group, encoded):
                 per_image[i].append(self._process_crop(features, input_size, box, layer, images[i].shape[:2]))
-        return [self._records(crop_masks, image.shape[:2]) for crop_masks, image in zip(per_image, images)]
+                crops_left[i] -= 1
+                if crops_left[i] == 0:  # finish an image as soon as its crops are done: frees its masks
+                    records[i] = self._records(per_image[i], images[i].shape[:2])
+                    per_image[i] = []
+        return records
 
     # ------------------------------------------------------------------------------------------ model
     def _encode(self, crop_images: List[np.ndarray]) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
