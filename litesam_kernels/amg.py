@@ -5,10 +5,15 @@ point coordinates and crop boxes, identical scores), for any segment_anything ``
 is where the work happens:
 
 - several point batches go through the prompt encoder and mask decoder in one call
-  (``batches_per_decoder_call``); masks are upsampled one point batch at a time (bounded memory);
+  (``batches_per_decoder_call``);
+- the low-res logits go through one fused pass (:func:`litesam_kernels.ops.postprocess_masks`: SAM's two
+  bilinear resizes, threshold, stability score, box) straight to bit-packed masks, so full-resolution float
+  logits are never stored (without a GPU kernel: the model's own resizes, one point batch at a time);
 - filtering, boxes, stability scores and masks stay on the device; surviving masks are kept bit-packed
   (``litesam_kernels.ops.bitmask``, 32x smaller than bool) in their crop's frame; the host waits once per
   decoder call (to compact the survivors) and once per crop (the NMS keep list), never per point batch;
+  ``generate_batch`` finishes each image as soon as its crops are done, so peak memory is one image's
+  surviving packed masks plus one decoder call's working set;
 - ``min_mask_region_area`` (holes, then islands, SAM1 semantics) runs on the device
   (:func:`litesam_kernels.ops.remove_small_regions`), in chunks of ``masks_per_chunk`` full-size masks;
 - RLE encoding takes one device-to-host transfer per chunk of masks.
