@@ -36,9 +36,10 @@ def sam_path(logits, case):
     return amg.mask_to_rle_pytorch(masks), stability, boxes
 
 
-def our_path(logits, case, packed: bool, rle_backend):
-    result = ops.postprocess_masks(logits, case["input_size"], case["original_size"], packed=packed,
-                                   image_size=case["image_size"])
+def our_path(logits, case, packed: bool, postprocess_backend, rle_backend):
+    with use_backend(postprocess_backend):
+        result = ops.postprocess_masks(logits, case["input_size"], case["original_size"], packed=packed,
+                                       image_size=case["image_size"])
     with use_backend(rle_backend):
         rles = ops.mask_to_rle(result.masks, width=case["original_size"][1] if packed else None)
     return rles, result.stability_scores, result.boxes
@@ -52,16 +53,18 @@ def same(got, expected) -> bool:
 def run(device: torch.device, quick: bool = False) -> List[Row]:
     case = GPU_CASE if device.type == "cuda" else CPU_CASE
     logits = make_logits(case["n"], case["low"], device)
-    rle_op = _backend.implementations("mask_to_rle")
     impls = []
-    for rle_backend in ("cuda", "triton", "cpu"):
-        reason = _backend.why_not(rle_backend, rle_op, device)
-        if rle_backend == "triton" and device.type != "cuda":
-            reason = reason or "the Triton interpreter is a test tool, not a CPU backend"
+    # (post-processing backend, RLE backend): the fastest pair per device first.
+    pairs = ([("triton", "cuda"), ("triton", "triton"), ("reference", "cuda")] if device.type == "cuda"
+             else [("cpu", "cpu"), ("reference", "cpu")])
+    for postprocess_backend, rle_backend in pairs:
+        reason = (_backend.why_not(postprocess_backend, _backend.implementations("postprocess_masks"), device)
+                  or _backend.why_not(rle_backend, _backend.implementations("mask_to_rle"), device))
         for packed in (False, True):
             impls.append(Implementation(
-                f"litesam (rle={rle_backend}{', packed' if packed else ''})",
-                lambda packed=packed, b=rle_backend: our_path(logits, case, packed, b), reason))
+                f"litesam (post={postprocess_backend}, rle={rle_backend}{', packed' if packed else ''})",
+                lambda packed=packed, p=postprocess_backend, r=rle_backend: our_path(logits, case, packed, p, r),
+                reason))
     shape = (f"{case['n']} masks {case['low']}^2 -> {case['image_size']}^2, crop {case['input_size']}, "
              f"out {case['original_size']}")
     return compare("amg_postprocess_batch", shape, logits.dtype, device,

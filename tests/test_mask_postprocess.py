@@ -218,6 +218,12 @@ class TestPostprocessMasks:
         low, image_size, input_size, original_size = self.SMALL_CASES[0]
         low_res = blob_logits(3, low, low, low=4, scale=8.0, dtype=dtype)
         expected = sam_postprocess(low_res, input_size, original_size, image_size)
+        if backend == "cpu":  # float32 only: unforced, reduced precision runs the (exact) reference
+            with pytest.raises(lk.BackendUnavailableError, match="float32"), lk.use_backend(backend):
+                lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
+            got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
+            assert torch.equal(got.masks, expected[0]) and torch.equal(got.boxes, expected[2])
+            return
         with lk.use_backend(backend):
             got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
         differing = (got.masks != expected[0]).sum().item()
@@ -233,6 +239,21 @@ class TestPostprocessMasks:
                                           ((1024, 1024), (777, 777))):
             expected = mp.sam_upscale(low_res, input_size, original_size, 1024)
             assert torch.equal(fused_formula(low_res, input_size, original_size, 1024), expected)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_reduced_precision_arithmetic_vs_torch_cpu_at_sam_sizes(self, dtype):
+        """Measured tolerance of the fused arithmetic (float32 weights, values rounded to the dtype between
+        and after the resizes, as torch's CUDA kernel) vs torch's CPU kernel (reduced-precision weights):
+        about 1e-6 (float16) to 7e-6 (bfloat16) of mask pixels differ on realistic logits; exact when the
+        second resize keeps the size."""
+        low_res = blob_logits(2, 256, 256, low=16, scale=8.0, dtype=dtype)
+        for input_size, original_size in (((1024, 768), (1500, 1125)), ((1024, 1024), (1024, 1024))):
+            expected = mp.sam_upscale(low_res, input_size, original_size, 1024) > 0
+            got = fused_formula(low_res, input_size, original_size, 1024) > 0
+            differing = (got != expected).sum().item()
+            assert differing <= 1e-5 * expected.numel()
+            if input_size == original_size:
+                assert differing == 0
 
     @pytest.mark.parametrize("backend", runnable_backends(POSTPROCESS))
     def test_no_masks_and_one_pixel_output(self, backend):
@@ -260,6 +281,20 @@ class TestPostprocessMasks:
     def test_opcheck(self):
         args = (blob_logits(2, 8, 8), [32, 24], [20, 17], 0.0, 1.0, True, 32)
         torch.library.opcheck(torch.ops.litesam.postprocess_masks, args)
+
+    @pytest.mark.skipif(_backend.why_not("cpu", POSTPROCESS, torch.device("cpu")) is not None,
+                        reason="no compiled CPU kernel")
+    def test_opcheck_compiled_kernel_and_bad_tables(self):
+        low_res = blob_logits(2, 8, 8)
+        tables = mp._resize_tables(low_res, [32, 24], [20, 17], 32)
+        for packed in (False, True):
+            torch.library.opcheck(torch.ops.litesam._postprocess_masks_kernel,
+                                  (low_res, *tables, 0.0, 1.0, -1.0, packed))
+        with pytest.raises(ValueError, match="y2"):
+            torch.ops.litesam._postprocess_masks_kernel(low_res, tables[0], tables[1], tables[2] + 100, tables[3],
+                                                        0.0, 1.0, -1.0, False)
+        with pytest.raises(TypeError, match="float32"):
+            torch.ops.litesam._postprocess_masks_kernel(low_res.half(), *tables, 0.0, 1.0, -1.0, False)
 
 
 @pytest.mark.gpu

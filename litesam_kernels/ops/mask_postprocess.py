@@ -17,6 +17,12 @@ Semantics (segment_anything ``utils/amg.py`` and ``Sam.postprocess_masks``; ever
   bit in float32; verified in the tests). Results that can differ from torch's path: pixels whose value
   lands within one rounding of a threshold if a platform's torch kernel rounds differently (torch's CPU
   kernel for float16/bfloat16 keeps the weights in the reduced dtype; CUDA contraction unverified here).
+  Non-finite logits may differ on axes the second resize keeps (torch copies, we blend with weight 0).
+
+Backends of ``postprocess_masks``: ``triton`` (CUDA: one fused kernel computing every output pixel from
+the low-res logits), ``cpu`` (C++, float32 logits: per mask, two cached rows of the 1024 grid; float16/
+bfloat16 on CPU run the reference, which is SAM's CPU arithmetic), ``reference`` (SAM's torch path a few
+masks at a time). ``stability_score`` / ``masks_to_boxes``: ``triton`` and ``reference``.
 """
 from __future__ import annotations
 
@@ -34,7 +40,9 @@ _REFERENCE_CHUNK = 8  # masks resized at once by the reference (bounds its full-
 
 _STABILITY = _backend.register(_backend.OpImplementations("stability_score", has_triton=True))
 _BOXES = _backend.register(_backend.OpImplementations("masks_to_boxes", has_triton=True))
-_POSTPROCESS = _backend.register(_backend.OpImplementations("postprocess_masks", has_triton=True))
+_POSTPROCESS = _backend.register(
+    _backend.OpImplementations("postprocess_masks", compiled_kernel="_postprocess_masks_kernel", has_triton=True)
+)
 
 
 class PostprocessedMasks(NamedTuple):
@@ -292,22 +300,40 @@ def _masks_to_boxes_triton(masks, width) -> torch.Tensor:
     return _boxes_from_partials(partial).reshape(*lead, 4)
 
 
+def _resize_tables(low_res_logits, input_size, original_size, image_size):
+    """(y1, x1, y2, x2): stage-1 tables cropped to input_size, stage-2 tables to original_size."""
+    _, low_h, low_w = low_res_logits.shape
+    device = low_res_logits.device
+    return (bilinear_table(low_h, image_size, device)[: input_size[0]].contiguous(),
+            bilinear_table(low_w, image_size, device)[: input_size[1]].contiguous(),
+            bilinear_table(input_size[0], original_size[0], device),
+            bilinear_table(input_size[1], original_size[1], device))
+
+
+def _rounded_thresholds(dtype, mask_threshold: float, stability_offset: float):
+    return [rounded_threshold(t, dtype) for t in
+            (mask_threshold, mask_threshold + stability_offset, mask_threshold - stability_offset)]
+
+
+def _postprocess_masks_cpu(low_res_logits, input_size, original_size, mask_threshold: float,
+                           stability_offset: float, packed: bool, image_size: int):
+    tables = _resize_tables(low_res_logits, input_size, original_size, image_size)
+    return _backend.compiled_op(_POSTPROCESS)(low_res_logits.contiguous(), *tables,
+                                              *_rounded_thresholds(torch.float32, mask_threshold, stability_offset),
+                                              packed)
+
+
 def _postprocess_masks_triton(low_res_logits, input_size, original_size, mask_threshold: float,
                               stability_offset: float, packed: bool, image_size: int):
     from litesam_kernels.triton.mask_postprocess import fused_postprocess
 
     logits = low_res_logits.contiguous()
-    n, low_h, low_w = logits.shape
+    n = logits.shape[0]
     height, width = original_size
     device = logits.device
-    y1 = bilinear_table(low_h, image_size, device)[: input_size[0]].contiguous()
-    x1 = bilinear_table(low_w, image_size, device)[: input_size[1]].contiguous()
-    y2 = bilinear_table(input_size[0], height, device)
-    x2 = bilinear_table(input_size[1], width, device)
-    thresholds = torch.tensor(
-        [rounded_threshold(t, logits.dtype) for t in
-         (mask_threshold, mask_threshold + stability_offset, mask_threshold - stability_offset)],
-        dtype=torch.float32, device=device)
+    y1, x1, y2, x2 = _resize_tables(logits, input_size, original_size, image_size)
+    thresholds = torch.tensor(_rounded_thresholds(logits.dtype, mask_threshold, stability_offset),
+                              dtype=torch.float32, device=device)
     masks, counts, box_partial = fused_postprocess(logits, y1, x1, y2, x2, thresholds, height, width, packed,
                                                    _interpret(device))
     if n == 0:
@@ -370,7 +396,15 @@ def _postprocess_masks_op(low_res_logits: torch.Tensor, input_size: Sequence[int
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_postprocess(low_res_logits, input_size, original_size, image_size)
     backend = _backend.choose(_POSTPROCESS, low_res_logits.device)
-    run = _postprocess_masks_triton if backend == "triton" else _postprocess_masks_reference
+    if backend == "cpu" and low_res_logits.dtype != torch.float32:
+        # torch's CPU resize keeps reduced-precision weights in that dtype; only the reference matches it.
+        if _backend.forced_backend() == "cpu":
+            raise _backend.BackendUnavailableError(
+                f"backend 'cpu' was forced but its postprocess_masks kernel takes float32 logits, got "
+                f"{low_res_logits.dtype}")
+        backend = "reference"
+    run = {"triton": _postprocess_masks_triton, "cpu": _postprocess_masks_cpu}.get(backend,
+                                                                                  _postprocess_masks_reference)
     return run(low_res_logits, list(input_size), list(original_size), mask_threshold, stability_offset, packed,
                image_size)
 
@@ -385,3 +419,19 @@ def _postprocess_masks_fake(low_res_logits, input_size, original_size, mask_thre
              else low_res_logits.new_empty((n, height, width), dtype=torch.bool))
     return (masks, low_res_logits.new_empty((n,), dtype=torch.float32),
             low_res_logits.new_empty((n, 4), dtype=torch.int64), low_res_logits.new_empty((n,), dtype=torch.int64))
+
+
+def _register_compiled_kernel_fake() -> None:
+    if _backend.extension() is None or not hasattr(torch.ops.litesam, "_postprocess_masks_kernel"):
+        return
+
+    @torch.library.register_fake("litesam::_postprocess_masks_kernel")
+    def _postprocess_masks_kernel_fake(logits, y1, x1, y2, x2, mask_threshold, high, low, packed):
+        n, height, width = logits.shape[0], y2.shape[0], x2.shape[0]
+        masks = (logits.new_empty((n, height, packed_width(width)), dtype=torch.int32) if packed
+                 else logits.new_empty((n, height, width), dtype=torch.bool))
+        return (masks, logits.new_empty((n,), dtype=torch.float32), logits.new_empty((n, 4), dtype=torch.int64),
+                logits.new_empty((n,), dtype=torch.int64))
+
+
+_register_compiled_kernel_fake()

@@ -7,7 +7,7 @@ before the int32 total). Programs write small per-row-block partials (counts, fi
 column); ``ops/mask_postprocess.py`` reduces them with torch (no atomics, deterministic).
 
 The bilinear weights come precomputed from the op layer (``bilinear_table``) with torch's index
-arithmetic; the blends use torch's FMA form (see ``_blend``). Under the interpreter numpy has no fused
+arithmetic; the blends use torch's FMA form (``_mask_common.blend``). Under the interpreter numpy has no fused
 multiply-add, so ``EMULATE_FMA`` computes it in float64 (exact product, one rounding in practice).
 """
 import torch
@@ -82,7 +82,7 @@ def _mask_box_kernel(masks_ptr, box_ptr, height, width, words, row_blocks,
             col_min = tl.minimum(col_min, tl.min(tl.where(col_any, cols, big), axis=0))
             col_max = tl.maximum(col_max, tl.max(tl.where(col_any, cols, -1), axis=0))
     common.store_box_partial(box_ptr, mask_id, row_block, row_blocks, rows, row_any & row_ok, col_min, col_max,
-                       height, width)
+                             height, width)
 
 
 @triton.jit
@@ -169,7 +169,7 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
     tl.store(part + 1, tl.sum(common.wrap_int16(union), axis=0))
     tl.store(part + 2, tl.sum(area, axis=0))
     common.store_box_partial(box_ptr, mask_id, row_block, row_blocks, rows, row_any & row_ok, col_min, col_max,
-                       height, width)
+                             height, width)
 
 
 def _blocks(interpret: bool):
