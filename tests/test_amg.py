@@ -107,6 +107,11 @@ class TestFastSamAutomaticMaskGenerator:
                       stability_score_thresh=0.5, output_mode="uncompressed_rle")
         run_both(sam, image, **kwargs)
 
+    def test_bgr_model(self, image):
+        model = tiny_sam(seed=1)
+        model.image_format = "BGR"  # the input is still RGB: both generators flip it for the model
+        run_both(model, image, **dict(BASE, points_per_side=5), output_mode="uncompressed_rle")
+
     def test_generate_batch_equals_generate(self, sam, image):
         images = [image, scene(64, 48, seed=1)]
         kwargs = dict(BASE, crop_n_layers=1, output_mode="uncompressed_rle")
