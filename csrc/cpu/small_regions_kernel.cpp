@@ -29,15 +29,20 @@ void label_mask(const bool* working, int64_t h, int64_t w, bool invert, std::vec
       if (!on(y, x)) continue;
       const int32_t c = block_code(y, x, half_w);
       parent[c] = c;
-      const int32_t dy[4] = {0, -1, -1, -1};
-      const int32_t dx[4] = {-1, -1, 0, 1};
-      for (int k = 0; k < 4; ++k) {
-        const int32_t ny = y + dy[k], nx = x + dx[k];
-        if (ny < 0 || nx < 0 || nx >= w || !on(ny, nx)) continue;
-        int32_t a = find_root(parent, c), b = find_root(parent, block_code(ny, nx, half_w));
-        if (a == b) continue;
-        if (a < b) parent[b] = a; else parent[a] = b;
+      auto unite = [&](int32_t ny, int32_t nx) {
+        const int32_t a = find_root(parent, c), b = find_root(parent, block_code(ny, nx, half_w));
+        if (a < b) parent[b] = a; else if (b < a) parent[a] = b;
+      };
+      // 8-connected scan neighbours W, NW, N, NE: N touches all three others, and W touches NW, so
+      // at most two unions are needed (the SAUF decision tree).
+      const bool has_up = y > 0;
+      if (has_up && on(y - 1, x)) {
+        unite(y - 1, x);
+        continue;
       }
+      if (x > 0 && on(y, x - 1)) unite(y, x - 1);
+      else if (has_up && x > 0 && on(y - 1, x - 1)) unite(y - 1, x - 1);
+      if (has_up && x + 1 < w && on(y - 1, x + 1)) unite(y - 1, x + 1);
     }
   }
   for (size_t c = 0; c < parent.size(); ++c)

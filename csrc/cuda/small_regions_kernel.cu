@@ -79,13 +79,19 @@ __global__ void merge_kernel(const bool* __restrict__ masks, Geometry g, bool in
     const int64_t i = p / (g.h * g.w), y = (p / g.w) % g.h, x = p % g.w;
     int32_t* own = parent + i * g.codes;
     const int32_t c = block_code(static_cast<int32_t>(y), static_cast<int32_t>(x), g.half_w);
-    const int dy[4] = {0, -1, -1, -1};
-    const int dx[4] = {-1, -1, 0, 1};
-    for (int k = 0; k < 4; ++k) {
-      const int64_t ny = y + dy[k], nx = x + dx[k];
-      if (ny < 0 || nx < 0 || nx >= g.w || !working_at(masks, g, i, ny, nx, invert)) continue;
-      unite(own, c, block_code(static_cast<int32_t>(ny), static_cast<int32_t>(nx), g.half_w));
+    // Scan neighbours W, NW, N, NE: N touches the other three and W touches NW (8-connectivity), so at
+    // most two unions are needed.
+    auto code_at = [&](int64_t ny, int64_t nx) {
+      return block_code(static_cast<int32_t>(ny), static_cast<int32_t>(nx), g.half_w);
+    };
+    const bool has_up = y > 0;
+    if (has_up && working_at(masks, g, i, y - 1, x, invert)) {
+      unite(own, c, code_at(y - 1, x));
+      continue;
     }
+    if (x > 0 && working_at(masks, g, i, y, x - 1, invert)) unite(own, c, code_at(y, x - 1));
+    else if (has_up && x > 0 && working_at(masks, g, i, y - 1, x - 1, invert)) unite(own, c, code_at(y - 1, x - 1));
+    if (has_up && x + 1 < g.w && working_at(masks, g, i, y - 1, x + 1, invert)) unite(own, c, code_at(y - 1, x + 1));
   }
 }
 
