@@ -107,6 +107,12 @@ class TestFastSamAutomaticMaskGenerator:
                       stability_score_thresh=0.5, output_mode="uncompressed_rle")
         run_both(sam, image, **kwargs)
 
+    def test_no_mask_survives(self, sam, image):
+        kwargs = dict(BASE, points_per_side=4, pred_iou_thresh=0.999, output_mode="uncompressed_rle")
+        assert run_both(sam, image, **kwargs) == []
+        kwargs["min_mask_region_area"] = 10
+        assert FastSamAutomaticMaskGenerator(sam, **kwargs).generate(image) == []
+
     def test_bgr_model(self, image):
         model = tiny_sam(seed=1)
         model.image_format = "BGR"  # the input is still RGB: both generators flip it for the model

@@ -132,6 +132,15 @@ class TestRemoveSmallRegions:
         assert out.shape == masks.shape and changed.shape == (2, 3)
         assert torch.equal(out, ref_out) and torch.equal(changed, ref_changed)
 
+    @pytest.mark.parametrize("backend", runnable_backends(RSR))
+    def test_many_masks(self, backend):
+        masks = blob_masks(300, 23, 29, generator=torch.Generator().manual_seed(5))
+        with use_backend(backend):
+            out, changed = ops.remove_small_regions(masks, 9, "holes")
+        ref_out, ref_changed = _remove_small_regions_reference(masks, 9.0, True)
+        assert torch.equal(out, ref_out) and torch.equal(changed, ref_changed)
+        assert 0 < int(changed.sum()) < 300
+
     def test_empty_and_bad_input(self):
         out, changed = ops.remove_small_regions(torch.zeros(0, 4, 5, dtype=torch.bool), 3, "holes")
         assert out.shape == (0, 4, 5) and changed.shape == (0,)
