@@ -98,7 +98,10 @@ def _triton_status() -> Tuple[bool, Optional[str], Optional[str]]:
 def _compiled_kernel_registered(kernel: str, dispatch_key: str) -> bool:
     if extension() is None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"litesam::{kernel}", dispatch_key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"litesam::{kernel}", dispatch_key)
+    except RuntimeError:  # the op itself is unknown: an extension built before the op existed
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- choice

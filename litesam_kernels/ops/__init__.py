@@ -1,16 +1,18 @@
 """Fused ops, one module per op family. Each op is also a ``torch.ops.litesam.<name>`` custom op
 (torch.compile-safe) that picks its backend per call (see ``litesam_kernels._backend``)."""
-# SegEvery post-processing: box and mask NMS, SAM's mask post-processing, RLE.
+# SegEvery post-processing: box and mask NMS, SAM's mask post-processing, RLE, small regions.
 from litesam_kernels.ops.nms import batched_nms, nms
 from litesam_kernels.ops.mask_nms import mask_iou, mask_nms, matrix_nms
 from litesam_kernels.ops.mask_postprocess import PostprocessedMasks, masks_to_boxes, postprocess_masks, stability_score
 from litesam_kernels.ops.rle import area_from_rle, coco_encode_rle, mask_to_rle, rle_to_mask
+from litesam_kernels.ops.small_regions import connected_components, remove_small_regions
 
 __all__ = [
     "PostprocessedMasks",
     "area_from_rle",
     "batched_nms",
     "coco_encode_rle",
+    "connected_components",
     "mask_iou",
     "mask_nms",
     "mask_to_rle",
@@ -18,6 +20,7 @@ __all__ = [
     "matrix_nms",
     "nms",
     "postprocess_masks",
+    "remove_small_regions",
     "rle_to_mask",
     "stability_score",
 ]

@@ -1,0 +1,121 @@
+// Union-find in block-raster code space, one mask per task (masks are independent).
+#include "cpu/small_regions_kernel.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <vector>
+
+#include "common/small_regions_common.h"
+
+namespace litesam {
+namespace {
+
+int32_t find_root(std::vector<int32_t>& parent, int32_t c) {
+  while (parent[c] != c) {
+    parent[c] = parent[parent[c]];  // path halving
+    c = parent[c];
+  }
+  return c;
+}
+
+// parent[code] = root code (smallest code of the component) for working pixels, -1 elsewhere.
+void label_mask(const bool* working, int64_t h, int64_t w, bool invert, std::vector<int32_t>& parent) {
+  const int32_t half_w = static_cast<int32_t>((w + 1) / 2);
+  parent.assign(codes_per_mask(h, w), -1);
+  auto on = [&](int64_t y, int64_t x) { return working[y * w + x] != invert; };
+  for (int32_t y = 0; y < h; ++y) {
+    for (int32_t x = 0; x < w; ++x) {
+      if (!on(y, x)) continue;
+      const int32_t c = block_code(y, x, half_w);
+      parent[c] = c;
+      auto unite = [&](int32_t ny, int32_t nx) {
+        const int32_t a = find_root(parent, c), b = find_root(parent, block_code(ny, nx, half_w));
+        if (a < b) parent[b] = a; else if (b < a) parent[a] = b;
+      };
+      // 8-connected scan neighbours W, NW, N, NE: N touches all three others, and W touches NW, so
+      // at most two unions are needed (the SAUF decision tree).
+      const bool has_up = y > 0;
+      if (has_up && on(y - 1, x)) {
+        unite(y - 1, x);
+        continue;
+      }
+      if (x > 0 && on(y, x - 1)) unite(y, x - 1);
+      else if (has_up && x > 0 && on(y - 1, x - 1)) unite(y - 1, x - 1);
+      if (has_up && x + 1 < w && on(y - 1, x + 1)) unite(y - 1, x + 1);
+    }
+  }
+  for (size_t c = 0; c < parent.size(); ++c)
+    if (parent[c] >= 0) parent[c] = find_root(parent, static_cast<int32_t>(c));
+}
+
+}  // namespace
+
+at::Tensor connected_components_cpu(const at::Tensor& masks_in) {
+  check_small_regions_masks(masks_in);
+  TORCH_CHECK_VALUE(masks_in.device().is_cpu(), "masks must be a CPU tensor for the CPU kernel, got ", masks_in.device());
+  const at::Tensor masks = masks_in.contiguous();
+  const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
+  at::Tensor labels = at::empty(masks.sizes(), masks.options().dtype(at::kInt));
+  const bool* in = masks.const_data_ptr<bool>();
+  int32_t* out = labels.data_ptr<int32_t>();
+  const int32_t half_w = static_cast<int32_t>((w + 1) / 2);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> parent;
+    for (int64_t i = begin; i < end; ++i) {
+      label_mask(in + i * h * w, h, w, false, parent);
+      for (int32_t y = 0; y < h; ++y)
+        for (int32_t x = 0; x < w; ++x) {
+          const int32_t root = parent[block_code(y, x, half_w)];
+          out[i * h * w + y * w + x] = root < 0 ? 0 : root + 1;
+        }
+    }
+  });
+  return labels;
+}
+
+std::tuple<at::Tensor, at::Tensor> remove_small_regions_cpu(const at::Tensor& masks_in, double area_thresh, bool holes) {
+  check_small_regions_masks(masks_in);
+  TORCH_CHECK_VALUE(masks_in.device().is_cpu(), "masks must be a CPU tensor for the CPU kernel, got ", masks_in.device());
+  TORCH_CHECK_VALUE(area_thresh >= 0, "area_thresh must be >= 0, got ", area_thresh);
+  const at::Tensor masks = masks_in.contiguous();
+  const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
+  at::Tensor result = at::empty(masks.sizes(), masks.options());
+  at::Tensor changed = at::empty({n}, masks.options());
+  const bool* in = masks.const_data_ptr<bool>();
+  bool* out = result.data_ptr<bool>();
+  bool* changed_out = changed.data_ptr<bool>();
+  const int32_t half_w = static_cast<int32_t>((w + 1) / 2);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> parent;
+    std::vector<int64_t> area;
+    for (int64_t i = begin; i < end; ++i) {
+      const bool* mask = in + i * h * w;
+      bool* dst = out + i * h * w;
+      label_mask(mask, h, w, holes, parent);
+      area.assign(parent.size(), 0);
+      for (size_t c = 0; c < parent.size(); ++c)
+        if (parent[c] >= 0) ++area[parent[c]];
+      bool any_small = false, any_large = false;
+      int32_t largest = -1;
+      for (size_t c = 0; c < parent.size(); ++c) {
+        if (parent[c] != static_cast<int32_t>(c)) continue;
+        if (static_cast<double>(area[c]) < area_thresh) any_small = true; else any_large = true;
+        if (largest < 0 || area[c] > area[largest]) largest = static_cast<int32_t>(c);  // ties: smallest code
+      }
+      changed_out[i] = any_small;
+      for (int32_t y = 0; y < h; ++y)
+        for (int32_t x = 0; x < w; ++x) {
+          const int64_t p = static_cast<int64_t>(y) * w + x;
+          if (!any_small) { dst[p] = mask[p]; continue; }
+          const int32_t root = parent[block_code(y, x, half_w)];
+          const bool small = root >= 0 && static_cast<double>(area[root]) < area_thresh;
+          if (holes) dst[p] = mask[p] || small;
+          else dst[p] = root >= 0 && (any_large ? !small : root == largest);
+        }
+    }
+  });
+  return {result, changed};
+}
+
+}  // namespace litesam
