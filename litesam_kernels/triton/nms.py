@@ -39,9 +39,13 @@ def _nms_mask_kernel(boxes_ptr, groups_ptr, col_end_ptr, threshold_ptr, mask_ptr
     width = right - left
     height = bottom - top
     inter = width * height
+    union = (row_area[:, None] + col_area[None, :]) - inter
     # div_rn: Triton's plain fp32 `/` may lower to an approximate division; the CPU and CUDA kernels and
-    # the reference divide with IEEE rounding, and one ulp decides pairs at the threshold.
-    iou = tl.math.div_rn(inter, (row_area[:, None] + col_area[None, :]) - inter)
+    # the reference divide with IEEE rounding, and one ulp decides pairs at the threshold (fp64 `/` is exact).
+    if inter.dtype == tl.float32:
+        iou = tl.math.div_rn(inter, union)
+    else:
+        iou = inter / union
     threshold = tl.load(threshold_ptr)
     suppress = (width > 0) & (height > 0) & (iou.to(tl.float64) > threshold)
     suppress = suppress & (cols[None, :] > rows[:, None]) & row_ok[:, None] & col_ok[None, :]
