@@ -105,6 +105,17 @@ class TestSegmentEverything:
                 differ = (ra["segmentation"] != rb["segmentation"]).sum()
                 assert differ <= 0.001 * ra["segmentation"].size
 
+    def test_full_size_model(self):
+        """The shipped config end to end (1024^2 input, 64x64 embedding, 256^2 low-res masks), few prompts."""
+        torch.manual_seed(0)
+        model = build_litesam("litesam").eval()
+        image = synthetic_photo(200, 300, 7)
+        records = segment_everything(model, [image], pred_iou_thresh=-1e9, stability_score_thresh=0.0,
+                                     points_per_image=4, box_nms_thresh=1.0)[0]
+        assert 0 < len(records) <= 4
+        for record in records:
+            check_record(record, 200, 300)
+
     def test_bad_input(self, tiny_model):
         good = synthetic_photo(32, 32)
         with pytest.raises(TypeError, match="uint8"):
