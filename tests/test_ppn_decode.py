@@ -110,6 +110,19 @@ class TestPPNDecode:
         empty = run(backend, torch.zeros(0, 1, 4, 4), torch.zeros(0, 4, 4, 4), k=5)
         assert empty.points.shape == (0, 5, 2) and empty.num_valid.shape == (0,)
 
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    def test_threshold_boundary_is_exact(self, backend):
+        import numpy as np
+
+        boundary = math.log(0.3 / 0.7)  # sigmoid(x) >= 0.3 <=> x >= boundary
+        below = float(np.float32(boundary)) if np.float32(boundary) < boundary else float(
+            np.nextafter(np.float32(boundary), np.float32(-np.inf)))
+        above = float(np.nextafter(np.float32(below), np.float32(np.inf)))
+        heat = torch.full((1, 1, 5, 5), -9.0)
+        heat[0, 0, 1, 1], heat[0, 0, 3, 3] = below, above
+        got = run(backend, heat, torch.ones(1, 4, 5, 5), k=4, score_threshold=0.3)
+        assert got.indices[0].tolist() == [18, -1, -1, -1]
+
     def test_peaks_are_local_maxima_and_above_threshold(self):
         heat, dist = smooth_heatmap(2, 32, 32), box_distances(2, 32, 32)
         got = run("reference", heat, dist, k=4096, score_threshold=0.2)
@@ -143,3 +156,22 @@ class TestPPNDecode:
         torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, None, 16, 0.1, 16.0))
         torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, torch.tensor([[100, 128], [128, 64]]),
                                                                       4, 0.0, 16.0))
+
+
+@pytest.mark.gpu
+class TestPPNDecodeGPU:
+    @pytest.mark.parametrize("b,k", [(1, 256), (8, 256), (3, 5000)])
+    def test_triton_matches_reference_on_cuda(self, b, k):
+        heat, dist = smooth_heatmap(b, 64, 64).cuda(), box_distances(b, 64, 64).cuda()
+        sizes = torch.tensor([[1024, 768 - 16 * i] for i in range(b)], device="cuda")
+        got = run("triton", heat, dist, k=k, image_sizes=sizes)
+        expected = run("reference", heat, dist, k=k, image_sizes=sizes)
+        assert torch.equal(got.indices, expected.indices) and torch.equal(got.num_valid, expected.num_valid)
+        torch.testing.assert_close(got.boxes, expected.boxes)
+        torch.testing.assert_close(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
+
+    def test_bf16_and_compile(self):
+        heat, dist = smooth_heatmap(2, 64, 64).cuda().bfloat16(), box_distances(2, 64, 64).cuda().bfloat16()
+        compiled = torch.compile(lambda h, d: ppn_decode(h, d, k=64), fullgraph=True)
+        got, expected = compiled(heat, dist), run("reference", heat, dist, k=64)
+        assert torch.equal(got.indices, expected.indices)

@@ -216,3 +216,28 @@ class TestCLI:
                          "--points-per-image", "4", "--no-overlay", "--no-progress"]) == 0
         assert (tmp_path / "o" / "a.json").exists() and not (tmp_path / "o" / "a_overlay.png").exists()
         assert cli.main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.gpu
+class TestSegmentEverythingGPU:
+    def test_cuda_matches_cpu(self, tiny_model):
+        images = [synthetic_photo(150, 200, 0), synthetic_photo(90, 70, 1)]
+        cpu = segment_everything(tiny_model, images, box_nms_thresh=1.0, **LOOSE)
+        gpu = segment_everything(tiny_model.cuda(), images, box_nms_thresh=1.0, **LOOSE)
+        tiny_model.cpu()
+        for image, a, b in zip(images, cpu, gpu):
+            assert len(a) == len(b) > 0
+            for record in b:
+                check_record(record, *image.shape[:2])
+            np.testing.assert_allclose(sorted(r["predicted_iou"] for r in a), sorted(r["predicted_iou"] for r in b),
+                                       rtol=1e-3, atol=1e-4)
+
+    def test_full_size_batch_of_eight(self):
+        torch.manual_seed(0)
+        model = build_litesam("litesam").cuda().eval()
+        images = [synthetic_photo(480, 640, i) for i in range(8)]
+        records = segment_everything(model, images, pred_iou_thresh=-1e9, stability_score_thresh=0.0)
+        assert len(records) == 8 and all(records)
+        for image, per_image in zip(images, records):
+            for record in per_image[:5]:
+                check_record(record, *image.shape[:2])

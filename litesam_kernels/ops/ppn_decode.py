@@ -129,7 +129,8 @@ def _ppn_decode_reference(heatmap_logits, box_regression, image_sizes, k: int, s
     threshold = _logit_threshold(score_threshold)
     for i in range(b):
         if image_sizes is None:
-            image_h, image_w = torch.tensor(h * stride), torch.tensor(w * stride)
+            image_h = torch.tensor(h * stride, dtype=torch.float32, device=device)
+            image_w = torch.tensor(w * stride, dtype=torch.float32, device=device)
         else:
             image_h, image_w = image_sizes[i, 0].to(torch.float32), image_sizes[i, 1].to(torch.float32)
         inside = (cy < image_h)[:, None] & (cx < image_w)[None, :]

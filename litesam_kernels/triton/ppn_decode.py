@@ -6,6 +6,7 @@ re-loaded from L1/L2 rather than shuffled. Ordering uses one int64 key per cell:
 an order-preserving int32 in the high word, ``0xFFFFFFFF - cell`` in the low word, so a descending sort
 gives higher logits first and, among equal logits, the lower cell index first.
 """
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -15,8 +16,8 @@ _NUM_WARPS = 8
 
 
 @triton.jit
-def _ppn_decode_kernel(heat_ptr, box_ptr, sizes_ptr, threshold_ptr, points_ptr, boxes_ptr, scores_ptr,
-                       indices_ptr, count_ptr, H, W, k, stride,
+def _ppn_decode_kernel(heat_ptr, box_ptr, sizes_ptr, points_ptr, boxes_ptr, scores_ptr,
+                       indices_ptr, count_ptr, H, W, k, stride, threshold,
                        BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HAS_SIZES: tl.constexpr):
     image = tl.program_id(0)
     cells = tl.arange(0, BLOCK)
@@ -43,8 +44,7 @@ def _ppn_decode_kernel(heat_ptr, box_ptr, sizes_ptr, threshold_ptr, points_ptr, 
             neighbour = tl.load(heat + ny * W + nx, mask=ok, other=float("-inf")).to(tl.float32)
             neighbour = tl.where(neighbour != neighbour, float("-inf"), neighbour)
             local_max = tl.maximum(local_max, neighbour)
-    threshold = tl.load(threshold_ptr)
-    peak = inside & (logit == local_max) & (logit.to(tl.float64) >= threshold) & (logit > float("-inf"))
+    peak = inside & (logit == local_max) & (logit >= threshold) & (logit > float("-inf"))
     count = tl.sum(peak.to(tl.int32), axis=0)
 
     canonical = tl.where(logit == 0.0, 0.0, logit)  # -0.0 and +0.0 tie, like the comparison
@@ -88,7 +88,10 @@ def _ppn_decode_kernel(heat_ptr, box_ptr, sizes_ptr, threshold_ptr, points_ptr, 
 
 def ppn_decode_launch(heatmap_logits: torch.Tensor, box_regression: torch.Tensor, image_sizes, k: int,
                       logit_threshold: float, stride: float):
-    """heatmap (B, 1, H, W) and boxes (B, 4, H, W) contiguous floating; image_sizes (B, 2) int64 or None."""
+    """heatmap (B, 1, H, W) and boxes (B, 4, H, W) contiguous floating; image_sizes (B, 2) int64 or None.
+
+    ``logit_threshold`` (float64) is passed as the smallest float32 >= it: for a float32 logit the two
+    comparisons agree exactly, and no device buffer (no host-to-device copy) is needed."""
     b, _, h, w = heatmap_logits.shape
     device = heatmap_logits.device
     points = torch.empty(b, k, 2, dtype=torch.float32, device=device)
@@ -98,20 +101,27 @@ def ppn_decode_launch(heatmap_logits: torch.Tensor, box_regression: torch.Tensor
     counts = torch.empty(b, dtype=torch.int64, device=device)
     k_block = max(2, triton.next_power_of_2(k))  # tl.topk of 1 would reduce to a scalar
     block = max(triton.next_power_of_2(h * w), k_block)
-    threshold = torch.tensor([logit_threshold], dtype=torch.float64, device=device)
     sizes = image_sizes if image_sizes is not None else counts  # any int64 pointer; unused
     _ppn_decode_kernel[(b,)](
-        heatmap_logits, box_regression, sizes, threshold, points, boxes, scores, indices, counts,
-        h, w, k, float(stride), BLOCK=block, K_BLOCK=k_block, HAS_SIZES=image_sizes is not None,
+        heatmap_logits, box_regression, sizes, points, boxes, scores, indices, counts,
+        h, w, k, float(stride), _float32_at_least(logit_threshold),
+        BLOCK=block, K_BLOCK=k_block, HAS_SIZES=image_sizes is not None,
         num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
     return points, boxes, scores, indices, counts
 
 
+def _float32_at_least(value: float) -> float:
+    rounded = np.float32(value)
+    if rounded < value:
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    return float(rounded)
+
+
 def _signature(dtype: str) -> dict:
-    return {"heat_ptr": f"*{dtype}", "box_ptr": f"*{dtype}", "sizes_ptr": "*i64", "threshold_ptr": "*fp64",
+    return {"heat_ptr": f"*{dtype}", "box_ptr": f"*{dtype}", "sizes_ptr": "*i64",
             "points_ptr": "*fp32", "boxes_ptr": "*fp32", "scores_ptr": "*fp32", "indices_ptr": "*i64",
-            "count_ptr": "*i64", "H": "i32", "W": "i32", "k": "i32", "stride": "fp32",
+            "count_ptr": "*i64", "H": "i32", "W": "i32", "k": "i32", "stride": "fp32", "threshold": "fp32",
             "BLOCK": "constexpr", "K_BLOCK": "constexpr", "HAS_SIZES": "constexpr"}
 
 
