@@ -88,7 +88,8 @@ def resized_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
 def preprocess(images: Sequence[torch.Tensor], image_size: int, pixel_mean: torch.Tensor, pixel_std: torch.Tensor
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 (H, W, 3) images -> (B, 3, S, S) normalised padded batch and (B, 2) resized (h, w), on the
-    device of ``pixel_mean``."""
+    device of ``pixel_mean``. The resize is bilinear with antialiasing on float pixels: close to, not
+    bitwise equal to, SAM's PIL resize (which also rounds the resized image to uint8)."""
     device = pixel_mean.device
     batch = torch.zeros(len(images), 3, image_size, image_size, device=device)
     sizes = []
@@ -283,7 +284,7 @@ class SegmentEverything:
         prompts = ppn_decode(heatmap_logits, box_regression, k=self.points_per_image,
                              score_threshold=self.ppn_score_threshold, stride=stride, image_sizes=input_sizes)
         rank_valid = torch.arange(self.points_per_image, device=batch.device) < prompts.num_valid[:, None]
-        input_hw = input_sizes.tolist()  # tiny, known before the model ran: not a pipeline sync
+        input_hw = [resized_shape(image.shape[0], image.shape[1], config.image_size) for image in images]
         per_image: List[Dict[str, List[torch.Tensor]]] = [dict() for _ in images]
         for start in range(0, self.points_per_image, self.prompts_per_batch):
             rank = slice(start, start + self.prompts_per_batch)

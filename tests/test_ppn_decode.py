@@ -156,6 +156,9 @@ class TestPPNDecode:
         torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, None, 16, 0.1, 16.0))
         torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, torch.tensor([[100, 128], [128, 64]]),
                                                                       4, 0.0, 16.0))
+        with lk.use_backend("triton"):
+            if _backend.why_not("triton", OP, heat.device) is None:
+                torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, None, 16, 0.1, 16.0))
 
 
 @pytest.mark.gpu
