@@ -18,8 +18,10 @@ Host synchronisation: only for output sizes (the number of candidates passing th
 count); the data crosses to the host once, at the end.
 
 Records follow SAM's ``SamAutomaticMaskGenerator.generate`` (segmentation, area, bbox XYWH from the
-inclusive box, predicted_iou, point_coords in original pixels, stability_score, crop_box), in decreasing
-predicted-IoU order per image.
+inclusive box, predicted_iou, point_coords, stability_score, crop_box = the whole image), in decreasing
+predicted-IoU order per image. ``point_coords`` is the AutoPPN peak (its cell centre) that produced the
+prompt, in original-image pixels, where SAM reports its grid point. Not implemented: crops
+(``crop_n_layers``), ``min_mask_region_area``, mask NMS (box NMS only).
 """
 from __future__ import annotations
 

@@ -134,8 +134,8 @@ class TestSamCompatibility:
 
 
 class TestBatchedDecoder:
-    @pytest.mark.parametrize("config,depth", [("tiny", 1), ("tiny", 3)])
-    @pytest.mark.parametrize("multimask", [False, True])
+    @pytest.mark.parametrize("config,depth,multimask", [("tiny", 1, False), ("tiny", 1, True), ("tiny", 3, False),
+                                                        ("tiny", 3, True), ("litesam", 2, False)])
     def test_batched_equals_per_prompt(self, config, depth, multimask):
         from litesam_kernels.model import build_litesam
 
@@ -143,8 +143,9 @@ class TestBatchedDecoder:
         with torch.no_grad():
             for p in model.mask_decoder.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-        b, k, size = 3, 5, model.config.image_size
-        embeddings = torch.randn(b, model.config.prompt_embed_dim, 8, 8)
+        b, k, size = (3, 5, model.config.image_size) if config == "tiny" else (2, 3, model.config.image_size)
+        grid = model.config.embedding_size
+        embeddings = torch.randn(b, model.config.prompt_embed_dim, grid, grid)
         corners = torch.rand(b, k, 2, 2) * size
         boxes = torch.cat([corners.min(2).values, corners.max(2).values], -1)
         points = (torch.rand(b, k, 1, 2) * size, torch.ones(b, k, 1, dtype=torch.long))
