@@ -1,6 +1,21 @@
 """Fused ops, one module per op family. Each op is also a ``torch.ops.litesam.<name>`` custom op
 (torch.compile-safe) that picks its backend per call (see ``litesam_kernels._backend``)."""
 from litesam_kernels.ops.nms import batched_nms, nms
+from litesam_kernels.ops.mask_postprocess import PostprocessedMasks, masks_to_boxes, postprocess_masks, stability_score
+from litesam_kernels.ops.rle import area_from_rle, coco_encode_rle, mask_to_rle, rle_to_mask
 from litesam_kernels.ops.ppn_decode import PPNPrompts, ppn_decode
 
-__all__ = ["PPNPrompts", "batched_nms", "nms", "ppn_decode"]
+__all__ = [
+    "PPNPrompts",
+    "PostprocessedMasks",
+    "area_from_rle",
+    "batched_nms",
+    "coco_encode_rle",
+    "mask_to_rle",
+    "masks_to_boxes",
+    "nms",
+    "postprocess_masks",
+    "ppn_decode",
+    "rle_to_mask",
+    "stability_score",
+]
