@@ -1,6 +1,8 @@
 #pragma once
 // Input checks and ordering shared by the CPU and CUDA box-NMS kernels.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <c10/util/Optional.h>
 
@@ -49,6 +51,17 @@ inline at::Tensor in_score_order(const at::Tensor& kept, const at::Tensor& score
   at::Tensor by_score =
       std::get<1>(at::sort(scores.index_select(0, by_index), /*stable=*/true, 0, /*descending=*/true));
   return by_index.index_select(0, by_score);
+}
+
+// For each block of `block` items in visit order (groups ascending), the first column block whose groups
+// it cannot meet: block c can meet row block r only if c's first group <= r's last group.
+inline at::Tensor group_block_ends(const at::Tensor& groups_sorted, int64_t block) {
+  const int64_t n = groups_sorted.size(0);
+  const at::Tensor block_first = groups_sorted.slice(0, 0, n, block).contiguous();
+  const at::Tensor last_positions =
+      at::arange(block - 1, n + block - 1, block, groups_sorted.options()).clamp_max(n - 1);
+  const at::Tensor block_last = groups_sorted.index_select(0, last_positions);
+  return at::searchsorted(block_first, block_last, /*out_int32=*/false, /*right=*/true).contiguous();
 }
 
 inline at::ScalarType nms_compute_type(at::ScalarType dtype) {

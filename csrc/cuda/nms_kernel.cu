@@ -12,11 +12,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/Dispatch.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/masked_select.h>
-#include <ATen/ops/searchsorted.h>
 
 #include "common/box_iou.h"
 #include "common/nms_common.h"
@@ -105,6 +102,29 @@ __global__ void nms_gather_kernel(int64_t n, int64_t col_blocks, const unsigned 
 
 }  // namespace
 
+void check_nms_gather_size(int64_t n) {
+  const int64_t removed_bytes = (n + kBoxesPerWord - 1) / kBoxesPerWord * static_cast<int64_t>(sizeof(unsigned long long));
+  TORCH_CHECK_VALUE(removed_bytes <= 200 * 1024, "NMS keeps a bitset of ceil(N/64) words in shared memory; N = ",
+                    n, " needs ", removed_bytes, " bytes (at most 204800)");
+}
+
+at::Tensor nms_greedy_keep_cuda(const at::Tensor& mask, const c10::optional<at::Tensor>& col_end, int64_t n) {
+  check_nms_gather_size(n);
+  const int64_t col_blocks = (n + kBoxesPerWord - 1) / kBoxesPerWord;
+  const int64_t removed_bytes = col_blocks * static_cast<int64_t>(sizeof(unsigned long long));
+  at::Tensor keep = at::empty({n}, mask.options().dtype(at::kBool));
+  if (removed_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(nms_gather_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(removed_bytes)));
+  }
+  const auto* mask_ptr = reinterpret_cast<const unsigned long long*>(mask.const_data_ptr<int64_t>());
+  const int64_t* col_end_ptr = col_end.has_value() ? col_end->const_data_ptr<int64_t>() : nullptr;
+  nms_gather_kernel<<<1, kGatherThreads, removed_bytes, at::cuda::getCurrentCUDAStream()>>>(
+      n, col_blocks, mask_ptr, col_end_ptr, keep.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                             const c10::optional<at::Tensor>& idxs, double iou_threshold) {
   check_nms_inputs(boxes, scores, idxs, iou_threshold);
@@ -114,9 +134,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
   c10::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t col_blocks = (n + kBoxesPerWord - 1) / kBoxesPerWord;
   TORCH_CHECK_VALUE(col_blocks <= 65535, "box NMS supports at most ", 65535 * kBoxesPerWord, " boxes, got ", n);
-  const int64_t removed_bytes = col_blocks * static_cast<int64_t>(sizeof(unsigned long long));
-  TORCH_CHECK_VALUE(removed_bytes <= 200 * 1024, "box NMS keeps a bitset of ceil(N/64) words in shared memory; N = ",
-                    n, " needs ", removed_bytes, " bytes (at most 204800)");
+  check_nms_gather_size(n);
 
   const at::Tensor order = nms_visit_order(scores, idxs);
   const at::Tensor boxes_sorted =
@@ -124,12 +142,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
   at::Tensor groups_sorted, col_end;
   if (idxs.has_value()) {
     groups_sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
-    // Block c can meet row block r only if c's first group <= r's last group (groups ascend).
-    const at::Tensor block_first = groups_sorted.slice(0, 0, n, kBoxesPerWord).contiguous();
-    const at::Tensor last_positions =
-        at::arange(kBoxesPerWord - 1, n + kBoxesPerWord - 1, kBoxesPerWord, order.options()).clamp_max(n - 1);
-    const at::Tensor block_last = groups_sorted.index_select(0, last_positions);
-    col_end = at::searchsorted(block_first, block_last, /*out_int32=*/false, /*right=*/true).contiguous();
+    col_end = group_block_ends(groups_sorted, kBoxesPerWord);
   }
   const int64_t* groups_ptr = idxs.has_value() ? groups_sorted.const_data_ptr<int64_t>() : nullptr;
   const int64_t* col_end_ptr = idxs.has_value() ? col_end.const_data_ptr<int64_t>() : nullptr;
@@ -150,15 +163,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                      }));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  at::Tensor keep = at::empty({n}, boxes.options().dtype(at::kBool));
-  if (removed_bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(nms_gather_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(removed_bytes)));
-  }
-  nms_gather_kernel<<<1, kGatherThreads, removed_bytes, stream>>>(n, col_blocks, mask_ptr, col_end_ptr,
-                                                                   keep.data_ptr<bool>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
+  const at::Tensor keep = nms_greedy_keep_cuda(mask, idxs.has_value() ? c10::optional<at::Tensor>(col_end) : c10::nullopt, n);
   at::Tensor kept = at::masked_select(order, keep);
   return idxs.has_value() ? in_score_order(kept, scores) : kept;
 }

@@ -1,5 +1,6 @@
 """Fused ops, one module per op family. Each op is also a ``torch.ops.litesam.<name>`` custom op
 (torch.compile-safe) that picks its backend per call (see ``litesam_kernels._backend``)."""
+from litesam_kernels.ops.mask_nms import mask_iou, mask_nms, matrix_nms
 from litesam_kernels.ops.nms import batched_nms, nms
 from litesam_kernels.ops.mask_postprocess import PostprocessedMasks, masks_to_boxes, postprocess_masks, stability_score
 from litesam_kernels.ops.rle import area_from_rle, coco_encode_rle, mask_to_rle, rle_to_mask
@@ -11,8 +12,11 @@ __all__ = [
     "area_from_rle",
     "batched_nms",
     "coco_encode_rle",
+    "mask_iou",
+    "mask_nms",
     "mask_to_rle",
     "masks_to_boxes",
+    "matrix_nms",
     "nms",
     "postprocess_masks",
     "ppn_decode",

@@ -125,31 +125,47 @@ def _batched_nms_reference(boxes, scores, idxs, iou_threshold: float) -> torch.T
     return kept[torch.sort(scores[kept], stable=True, descending=True).indices]
 
 
+# ------------------------------------------------------------------------------------------ shared pieces
+# The greedy-by-bitmask design below is shared with mask NMS (ops/mask_nms.py); so are these helpers.
+def nms_visit_order(scores: torch.Tensor, idxs: Optional[torch.Tensor]) -> torch.Tensor:
+    """Visit order of the greedy pass: decreasing score, ties by increasing index (stable); with ``idxs``,
+    grouped by idxs (stable) so each group is one contiguous run. Same as ``nms_visit_order`` in C++."""
+    order = torch.sort(scores, stable=True, descending=True).indices
+    if idxs is not None:
+        order = order[torch.sort(idxs[order], stable=True).indices]
+    return order
+
+
+def group_block_ends(groups_sorted: Optional[torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+    """For each block of 64 items in visit order, the column block its groups end before (int64,
+    ceil(N/64)): block c can meet row block r only if c's first group <= r's last group (groups ascend)."""
+    col_blocks = -(-n // _BOXES_PER_WORD)
+    if groups_sorted is None:
+        return torch.full((col_blocks,), col_blocks, dtype=torch.int64, device=device)
+    block_first = groups_sorted[::_BOXES_PER_WORD].contiguous()
+    last = torch.arange(_BOXES_PER_WORD - 1, n + _BOXES_PER_WORD - 1, _BOXES_PER_WORD, device=device)
+    block_last = groups_sorted[last.clamp(max=n - 1)]
+    return torch.searchsorted(block_first, block_last, right=True).contiguous()
+
+
+def in_score_order(kept: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Kept original indices -> decreasing score, ties by increasing index."""
+    kept = torch.sort(kept).values
+    return kept[torch.sort(scores[kept], stable=True, descending=True).indices]
+
+
 # ------------------------------------------------------------------------------------------ triton path
 def _batched_nms_triton(boxes, scores, idxs: Optional[torch.Tensor], iou_threshold: float) -> torch.Tensor:
     from litesam_kernels.triton.nms import nms_keep_mask
 
     n = boxes.shape[0]
-    order = torch.sort(scores, stable=True, descending=True).indices
-    if idxs is not None:
-        order = order[torch.sort(idxs[order], stable=True).indices]
+    order = nms_visit_order(scores, idxs)
     compute = torch.float64 if boxes.dtype == torch.float64 else torch.float32
     boxes_sorted = boxes[order].to(compute).contiguous()
-    col_blocks = -(-n // _BOXES_PER_WORD)
-    if idxs is None:
-        groups_sorted = None
-        col_end = torch.full((col_blocks,), col_blocks, dtype=torch.int64, device=boxes.device)
-    else:
-        groups_sorted = idxs[order].to(torch.int64).contiguous()
-        block_first = groups_sorted[::_BOXES_PER_WORD].contiguous()
-        last = torch.arange(_BOXES_PER_WORD - 1, n + _BOXES_PER_WORD - 1, _BOXES_PER_WORD, device=boxes.device)
-        block_last = groups_sorted[last.clamp(max=n - 1)]
-        col_end = torch.searchsorted(block_first, block_last, right=True).contiguous()
+    groups_sorted = None if idxs is None else idxs[order].to(torch.int64).contiguous()
+    col_end = group_block_ends(groups_sorted, n, boxes.device)
     kept = order[nms_keep_mask(boxes_sorted, groups_sorted, col_end, iou_threshold)]
-    if idxs is None:
-        return kept
-    kept = torch.sort(kept).values
-    return kept[torch.sort(scores[kept], stable=True, descending=True).indices]
+    return kept if idxs is None else in_score_order(kept, scores)
 
 
 def _run(boxes, scores, idxs, iou_threshold: float) -> torch.Tensor:
@@ -179,7 +195,7 @@ def _batched_nms_op(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tenso
 
 
 def _kept_indices_like(boxes: torch.Tensor) -> torch.Tensor:
-    kept_count = torch.library.get_ctx().new_dynamic_size(min=0, max=boxes.shape[0])
+    kept_count = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((kept_count,), dtype=torch.long)
 
 

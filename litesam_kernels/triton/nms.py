@@ -98,8 +98,16 @@ def nms_keep_mask(boxes_sorted: torch.Tensor, groups_sorted, col_end: torch.Tens
         boxes_sorted, groups, col_end, threshold, mask, n, col_blocks,
         HAS_GROUPS=groups_sorted is not None, num_warps=4, enable_fp_fusion=False,
     )
-    removed = torch.zeros(col_blocks, dtype=torch.int64, device=device)
-    keep = torch.empty(n, dtype=torch.bool, device=device)
+    return greedy_keep_from_mask(mask, col_end, n)
+
+
+def greedy_keep_from_mask(mask: torch.Tensor, col_end: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy keep flags (bool, N) from a suppression bitmask in visit order: int64 (N * ceil(N/64)),
+    bit j of word [i, c] set when item i suppresses item 64c + j (only c >= i // 64 and c < col_end[i // 64]
+    are read). Shared by box NMS and mask NMS."""
+    col_blocks = triton.cdiv(n, BOXES_PER_WORD)
+    removed = torch.zeros(col_blocks, dtype=torch.int64, device=mask.device)
+    keep = torch.empty(n, dtype=torch.bool, device=mask.device)
     _nms_gather_kernel[(1,)](mask, col_end, removed, keep, n, col_blocks, BLOCK_COLS=GATHER_BLOCK_COLS, num_warps=4)
     return keep
 
