@@ -1,10 +1,14 @@
 """Lite-SAM end to end: LiteViT forward and the whole SegEvery per image, at B = 1 and B = 8.
 
-Baseline "eager-reference": the reference pipeline (every op forced to its pure-torch reference, SAM's
-per-prompt decoder path that repeats the image embedding per prompt). "as-built": the default dispatch
-(Triton ppn_decode, compiled NMS) and the batched decoder that broadcasts the embedding. For LiteViT the
-"as-built" model is today the same eager module (the fused blocks of issue 6 will replace it); the row is
-there so the speed-up appears in the same table once they land.
+Baseline "eager-reference": ``SegmentEverything.eager_reference``, the same pipeline with every op on its
+pure-torch reference (``use_backend("reference")``: ppn_decode's eager steps, SAM's two-resize
+post-processing, SAM's ``mask_to_rle_pytorch``, box/mask NMS references) and SAM's per-prompt decoder path
+that repeats the image embedding per prompt. "as-built": the default dispatch (Triton ppn_decode; fused
+post-processing: Triton on GPU, C++ on CPU; ``mask_to_rle`` on the packed masks; compiled NMS) and the
+batched decoder that broadcasts the embedding. Both produce the same records (checked before timing).
+``segment_everything_mask_nms`` is the same comparison with ``nms="mask"`` (``ops.mask_nms`` on the
+packed masks vs its reference), at the first batch size only. For LiteViT the "as-built" model is today the same eager module (the fused
+blocks of issue 6 will replace it); the row is there so the speed-up appears in the same table once they land.
 
 GPU: 1024^2 inputs, the ``litesam`` config, K = 256 prompts per image. CPU: a smaller run (128^2 inputs,
 same architecture with ``image_size=128``, K = 8, B = 1 and 2) so the suite stays under a minute; CPU
@@ -21,7 +25,6 @@ import numpy as np
 import torch
 
 from benchmarks.harness import Implementation, Row, compare
-from litesam_kernels import use_backend
 from litesam_kernels.model import build_litesam
 from litesam_kernels.segment_everything import SegmentEverything
 
@@ -61,8 +64,11 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     size, k = setup["image_size"], setup["k"]
     opened = dict(points_per_image=k, prompts_per_batch=min(k, 64), pred_iou_thresh=-1e9,
                   stability_score_thresh=0.0, output_mode="coco_rle")
-    as_built = SegmentEverything(model, batch_size=max(batches), **opened)
-    reference = SegmentEverything(model, batch_size=max(batches), batched_decoder=False, **opened)
+    pipelines = {
+        nms: (SegmentEverything.eager_reference(model, batch_size=max(batches), nms=nms, **opened),
+              SegmentEverything(model, batch_size=max(batches), nms=nms, **opened))
+        for nms in ("box", "mask")
+    }
     rows: List[Row] = []
     for batch in batches:
         images = synthetic_images(batch, size)
@@ -72,18 +78,18 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
             with torch.inference_mode():
                 return model.image_encoder(pixels)
 
-        def eager_reference():
-            with use_backend("reference"):
-                return reference.generate(images)
-
         shape = f"B={batch}, {size}x{size}"
         rows += _per_image_note(compare(
             "litevit_forward", shape, torch.float32, device, Implementation("eager-reference", encode),
             [Implementation("as-built", encode)], matches=lambda a, b: torch.allclose(a, b, atol=1e-5),
         ), batch, "as-built = eager until the fused LiteViT blocks land")
-        rows += _per_image_note(compare(
-            "segment_everything", f"{shape}, K={k}", torch.float32, device,
-            Implementation("eager-reference", eager_reference), [Implementation("as-built", lambda: as_built.generate(images))],
-            matches=_same_records,
-        ), batch, f"K={k} prompts/image, thresholds opened, coco_rle")
+        for nms, (reference, as_built) in pipelines.items():
+            if nms == "mask" and batch != batches[0]:
+                continue  # the reference mask NMS unpacks every mask to float64: one batch size is enough
+            op = "segment_everything" if nms == "box" else "segment_everything_mask_nms"
+            rows += _per_image_note(compare(
+                op, f"{shape}, K={k}", torch.float32, device,
+                Implementation("eager-reference", lambda r=reference: r.generate(images)),
+                [Implementation("as-built", lambda b=as_built: b.generate(images))], matches=_same_records,
+            ), batch, f"K={k} prompts/image, thresholds opened, {nms} NMS, coco_rle")
     return rows

@@ -47,12 +47,12 @@ def load_image(path: Path) -> np.ndarray:
 
 def overlay(image: np.ndarray, records: List[dict], alpha: float = 0.5, seed: int = 0) -> np.ndarray:
     """The image with each mask tinted a random colour, largest first so small masks stay visible."""
-    from litesam_kernels.segment_everything import rle_to_mask
+    from litesam_kernels.segment_everything import segmentation_to_mask
 
     canvas = image.astype(np.float32)
     colours = np.random.default_rng(seed).integers(40, 256, size=(len(records), 3))
     for record, colour in sorted(zip(records, colours), key=lambda rc: -rc[0]["area"]):
-        mask = rle_to_mask(record["segmentation"])
+        mask = segmentation_to_mask(record["segmentation"])
         canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
     return canvas.clip(0, 255).astype(np.uint8)
 
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--box-nms-thresh", type=float, default=0.7)
+    parser.add_argument("--nms", choices=("box", "mask"), default="box",
+                        help="NMS by box IoU (SAM's) or by mask IoU (threshold --mask-nms-thresh)")
+    parser.add_argument("--mask-nms-thresh", type=float, default=0.7)
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (no checkpoint)")
@@ -108,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model, points_per_image=args.points_per_image, ppn_score_threshold=args.ppn_score_thresh,
         prompt=args.prompt, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
-        output_mode="coco_rle", batch_size=1,
+        nms=args.nms, mask_nms_thresh=args.mask_nms_thresh, output_mode="coco_rle", batch_size=1,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     used: set = set()

@@ -7,37 +7,46 @@ Pipeline (``ARCHITECTURE.md``, "Data flow of SegEvery"), all on the model's devi
    and box prompts per image (fixed size, no host sync);
 3. prompt encoder + mask decoder over all prompts of all images (``MaskDecoder.forward_batched``: the image
    embedding is broadcast, never copied per prompt), ``prompts_per_batch`` prompts per image at a time;
-4. post-processing (:func:`postprocess_masks`, SAM semantics): upsample the low-res logits to the input
-   size, crop the padding, upsample to the original size, stability score, threshold, inclusive box, area,
-   bit-packed mask (``ops.bitmask`` layout);
-5. filtering by predicted IoU (``>``) and stability (``>=``) as SAM does, box NMS per image
-   (``ops.batched_nms``, scores = predicted IoU);
-6. one device-to-host copy of everything kept; then RLE / binary masks and the records on the host.
+4. post-processing (``ops.postprocess_masks``, SAM semantics, one pass over the low-res logits): upsample
+   to the input size, crop the padding, upsample to the original size, threshold, stability score,
+   inclusive box, area, bit-packed mask (``ops.bitmask`` layout);
+5. filtering by predicted IoU (``>``) and stability (``>=``) as SAM does, then NMS per image, scores =
+   predicted IoU: box NMS (``ops.batched_nms``, SAM's) or mask NMS on the packed masks (``ops.mask_nms``);
+6. the kept masks stay packed: ``ops.mask_to_rle`` runs on them (run lengths found on the device, one bulk
+   transfer per image size) or, for binary masks, they cross packed (1 bit per pixel); every other field
+   crosses in one device-to-host copy; the records are assembled on the host.
 
 Host synchronisation: only for output sizes (the number of candidates passing the thresholds, the NMS keep
-count); the data crosses to the host once, at the end.
+count, the kept count per image, the RLE size) and the transfers of step 6.
+
+Every op the pipeline calls dispatches like any ``litesam_kernels.ops`` call (``LITESAM_BACKEND``,
+``use_backend`` or the ``backend`` argument); ``SegmentEverything.eager_reference`` is the same pipeline
+with every op on its pure-torch reference and SAM's per-prompt decoder (the benchmarks' baseline).
 
 Records follow SAM's ``SamAutomaticMaskGenerator.generate`` (segmentation, area, bbox XYWH from the
 inclusive box, predicted_iou, point_coords, stability_score, crop_box = the whole image), in decreasing
 predicted-IoU order per image. ``point_coords`` is the AutoPPN peak (its cell centre) that produced the
 prompt, in original-image pixels, where SAM reports its grid point. Not implemented: crops
-(``crop_n_layers``), ``min_mask_region_area``, mask NMS (box NMS only).
+(``crop_n_layers``), ``min_mask_region_area``.
 """
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from litesam_kernels.ops import batched_nms, ppn_decode
-from litesam_kernels.ops.bitmask import pack_masks
+from litesam_kernels._backend import BACKENDS, use_backend
+from litesam_kernels._checks import check_real
+from litesam_kernels.ops import batched_nms, coco_encode_rle, mask_nms, mask_to_rle, postprocess_masks, ppn_decode, rle_to_mask
+from litesam_kernels.ops.bitmask import unpack_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 PROMPT_MODES = ("box", "point", "point+box")
+NMS_MODES = ("box", "mask")
 ImageLike = Union[np.ndarray, torch.Tensor]
 
 
@@ -105,91 +114,12 @@ def preprocess(images: Sequence[torch.Tensor], image_size: int, pixel_mean: torc
     return batch, torch.tensor(sizes, dtype=torch.int64, device=device)
 
 
-# ------------------------------------------------------------------------------------------ post-processing
-def _masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """SAM's ``batched_mask_to_box``: (N, H, W) bool -> (N, 4) int64 inclusive XYXY, zeros when empty."""
-    n, h, w = masks.shape
-    in_height = masks.any(dim=2)
-    in_width = masks.any(dim=1)
-    rows = torch.arange(h, device=masks.device)
-    cols = torch.arange(w, device=masks.device)
-    bottom = (in_height * rows).amax(dim=1)
-    top = (in_height * rows + h * ~in_height).amin(dim=1)
-    right = (in_width * cols).amax(dim=1)
-    left = (in_width * cols + w * ~in_width).amin(dim=1)
-    boxes = torch.stack([left, top, right, bottom], dim=1)
-    empty = (right < left) | (bottom < top)
-    return boxes * (~empty).unsqueeze(1)
-
-
-def postprocess_masks(low_res_logits: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int],
-                      image_size: int, mask_threshold: float = 0.0, stability_offset: float = 1.0
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SAM's mask post-processing for N masks of one image, in plain torch (the fused
-    ``ops.postprocess_masks`` replaces this function).
-
-    low-res logits (N, h, w) -> upsample to (image_size, image_size) -> crop to ``input_size`` -> upsample to
-    ``original_size`` (bilinear, align_corners=False, as ``Sam.postprocess_masks``); then
-    stability = #(logits > t + offset) / #(logits > t - offset) (int32 counts, NaN when both are 0),
-    mask = logits > t, inclusive XYXY box (``batched_mask_to_box``), area.
-
-    Returns:
-        packed masks (N, H, ceil(W/32)) int32 (``ops.bitmask`` layout), stability (N,) float32,
-        boxes (N, 4) int64, areas (N,) int64.
-    """
-    logits = F.interpolate(low_res_logits[:, None].float(), (image_size, image_size), mode="bilinear",
-                           align_corners=False)
-    logits = logits[..., : input_size[0], : input_size[1]]
-    logits = F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)[:, 0]
-    intersections = (logits > (mask_threshold + stability_offset)).sum((-1, -2), dtype=torch.int32)
-    unions = (logits > (mask_threshold - stability_offset)).sum((-1, -2), dtype=torch.int32)
-    masks = logits > mask_threshold
-    return pack_masks(masks), intersections / unions, _masks_to_boxes(masks), masks.sum((-1, -2))
-
-
-# ------------------------------------------------------------------------------------------ records (host)
-def rle_from_mask(mask: np.ndarray) -> Dict[str, Any]:
-    """SAM's uncompressed RLE of an (H, W) bool mask: column-major runs, starting with a run of zeros."""
-    h, w = mask.shape
-    flat = mask.flatten(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [h, w], "counts": counts}
-
-
-def coco_rle_from_rle(rle: Dict[str, Any]) -> Dict[str, Any]:
-    """COCO's compressed RLE string (pycocotools ``rleToString``) from an uncompressed RLE."""
-    counts = rle["counts"]
-    chars = []
-    for i, count in enumerate(counts):
-        value = count - counts[i - 2] if i > 2 else count
-        while True:
-            char = value & 0x1F
-            value >>= 5
-            more = value != -1 if char & 0x10 else value != 0
-            if more:
-                char |= 0x20
-            chars.append(chr(char + 48))
-            if not more:
-                break
-    return {"size": list(rle["size"]), "counts": "".join(chars)}
-
-
-def unpack_mask_host(packed: np.ndarray, width: int) -> np.ndarray:
-    """(H, words) int32 in the ``ops.bitmask`` layout -> (H, width) bool, on the host."""
-    bits = np.unpackbits(packed.astype("<i4").view(np.uint8).reshape(packed.shape[0], -1), axis=1, bitorder="little")
-    return bits[:, :width].astype(bool)
-
-
 # ------------------------------------------------------------------------------------------ pipeline
 @dataclass
 class _Candidates:
     """Per image, fixed size K*M, on the device."""
 
-    packed: torch.Tensor
+    packed: torch.Tensor  # (K*M, H, ceil(W/32)) int32, ops.bitmask layout
     stability: torch.Tensor
     boxes: torch.Tensor
     areas: torch.Tensor
@@ -209,20 +139,35 @@ class SegmentEverything:
         multimask_output: masks per prompt: 3 if True, 1 if False; default False for box prompts, True for points.
         pred_iou_thresh, stability_score_thresh, stability_score_offset, box_nms_thresh: as SAM's AMG
             (defaults 0.88, 0.95, 1.0, 0.7).
-        output_mode: "binary_mask" (bool numpy), "uncompressed_rle" or "coco_rle".
+        nms: "box" (SAM's: box IoU, ``ops.batched_nms``) or "mask" (mask IoU on the packed masks,
+            ``ops.mask_nms``, threshold ``mask_nms_thresh``); both per image, scores = predicted IoU.
+        mask_nms_thresh: the mask-IoU threshold of ``nms="mask"`` (a mask is dropped when its IoU with a kept
+            one is > this).
+        output_mode: "binary_mask" (bool numpy), "uncompressed_rle" or "coco_rle" (needs pycocotools).
         batch_size: images per encoder call; prompts_per_batch: prompts per image per decoder call (memory).
         batched_decoder: False runs SAM's per-prompt decoder path (the eager reference).
+        backend: force every ``litesam_kernels.ops`` call of the pipeline onto one backend
+            (``"reference"``, ``"triton"``, ``"cuda"``, ``"cpu"``; see ``use_backend``; an op without that
+            backend raises ``BackendUnavailableError``); None: each op's default.
+
+    :meth:`eager_reference` builds the baseline: the same pipeline with every op on its torch reference and
+    SAM's per-prompt decoder.
     """
 
     def __init__(self, model, *, points_per_image: int = 256, ppn_score_threshold: float = 0.1,
                  prompt: str = "box", multimask_output: bool = None, pred_iou_thresh: float = 0.88,
                  stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
-                 box_nms_thresh: float = 0.7, output_mode: str = "binary_mask", batch_size: int = 8,
-                 prompts_per_batch: int = 64, batched_decoder: bool = True) -> None:
+                 box_nms_thresh: float = 0.7, nms: str = "box", mask_nms_thresh: float = 0.7,
+                 output_mode: str = "binary_mask", batch_size: int = 8, prompts_per_batch: int = 64,
+                 batched_decoder: bool = True, backend: Optional[str] = None) -> None:
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if nms not in NMS_MODES:
+            raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
         for name, value in (("points_per_image", points_per_image), ("batch_size", batch_size),
                             ("prompts_per_batch", prompts_per_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -236,10 +181,18 @@ class SegmentEverything:
         self.stability_score_thresh = stability_score_thresh
         self.stability_score_offset = stability_score_offset
         self.box_nms_thresh = box_nms_thresh
+        self.nms = nms
+        self.mask_nms_thresh = check_real("mask_nms_thresh", mask_nms_thresh, low=0.0, high=1.0)
         self.output_mode = output_mode
         self.batch_size = batch_size
         self.prompts_per_batch = prompts_per_batch
         self.batched_decoder = batched_decoder
+        self.backend = backend
+
+    @classmethod
+    def eager_reference(cls, model, **kwargs) -> "SegmentEverything":
+        """The baseline pipeline: every op on its pure-torch reference, SAM's per-prompt decoder."""
+        return cls(model, **{**kwargs, "batched_decoder": False, "backend": "reference"})
 
     # -------------------------------------------------------------------------------- public
     @torch.inference_mode()
@@ -247,8 +200,9 @@ class SegmentEverything:
         images = as_image_list(images)
         self.model.eval()
         records: List[List[Dict[str, Any]]] = []
-        for start in range(0, len(images), self.batch_size):
-            records += self._generate_batch(images[start:start + self.batch_size])
+        with use_backend(self.backend) if self.backend is not None else contextlib.nullcontext():
+            for start in range(0, len(images), self.batch_size):
+                records += self._generate_batch(images[start:start + self.batch_size])
         return records
 
     __call__ = generate
@@ -294,18 +248,18 @@ class SegmentEverything:
             masks_per_prompt = low_res.shape[2]
             for i, image in enumerate(images):
                 original = tuple(image.shape[:2])
-                packed, stability, boxes, areas = postprocess_masks(
-                    low_res[i].flatten(0, 1), input_hw[i], original, config.image_size, model.mask_threshold,
-                    self.stability_score_offset)
+                processed = postprocess_masks(low_res[i].flatten(0, 1), input_hw[i], original, model.mask_threshold,
+                                              self.stability_score_offset, packed=True, image_size=config.image_size)
                 scale = torch.tensor([original[1] / input_hw[i][1], original[0] / input_hw[i][0]], device=batch.device)
                 points = (prompts.points[i, rank] * scale).repeat_interleave(masks_per_prompt, dim=0)
-                parts = dict(packed=packed, stability=stability, boxes=boxes, areas=areas, iou=iou[i].flatten(),
-                             points=points, valid=rank_valid[i, rank].repeat_interleave(masks_per_prompt))
+                parts = dict(packed=processed.masks, stability=processed.stability_scores, boxes=processed.boxes,
+                             areas=processed.areas, iou=iou[i].flatten(), points=points,
+                             valid=rank_valid[i, rank].repeat_interleave(masks_per_prompt))
                 for key, value in parts.items():
                     per_image[i].setdefault(key, []).append(value)
         return [_Candidates(**{k: torch.cat(v) for k, v in parts.items()}) for parts in per_image]
 
-    def _select(self, candidates: List[_Candidates]) -> Tuple[torch.Tensor, ...]:
+    def _select(self, images: List[torch.Tensor], candidates: List[_Candidates]) -> Tuple[torch.Tensor, ...]:
         """Threshold + NMS across the batch (groups = images); kept rows in (image, decreasing IoU) order."""
         iou = torch.cat([c.iou for c in candidates])
         stability = torch.cat([c.stability for c in candidates])
@@ -314,52 +268,92 @@ class SegmentEverything:
         passing = torch.cat([c.valid for c in candidates]) & (iou > self.pred_iou_thresh) & \
             (stability >= self.stability_score_thresh)
         rows = torch.nonzero(passing).flatten()
-        kept = rows[batched_nms(boxes[rows].float(), iou[rows], image_index[rows], self.box_nms_thresh)]
+        if self.nms == "box":
+            keep = batched_nms(boxes[rows].float(), iou[rows], image_index[rows], self.box_nms_thresh)
+        else:
+            # Masks of different images never meet (idxs), so zero-padding them to a common size is harmless.
+            packed = _padded_cat(_gather_packed(candidates, rows, image_index[rows]))
+            keep = mask_nms(packed, iou[rows], self.mask_nms_thresh, idxs=image_index[rows], boxes=boxes[rows],
+                            width=max(image.shape[1] for image in images))
+        kept = rows[keep]
         kept = kept[torch.sort(image_index[kept], stable=True).indices]
         return kept, image_index[kept]
 
     def _generate_batch(self, images: List[torch.Tensor]) -> List[List[Dict[str, Any]]]:
         candidates = self._candidates(images)
-        kept, kept_image = self._select(candidates)
-        height = max(c.packed.shape[1] for c in candidates)
-        words = max(c.packed.shape[2] for c in candidates)
-        packed = torch.cat([F.pad(c.packed, (0, words - c.packed.shape[2], 0, height - c.packed.shape[1]))
-                            for c in candidates])
+        kept, kept_image = self._select(images, candidates)
         fields = {
-            "image": kept_image,
-            "packed": packed[kept],
             "boxes": torch.cat([c.boxes for c in candidates])[kept],
             "areas": torch.cat([c.areas for c in candidates])[kept],
             "iou": torch.cat([c.iou for c in candidates])[kept].float(),
             "stability": torch.cat([c.stability for c in candidates])[kept].float(),
             "points": torch.cat([c.points for c in candidates])[kept].float(),
         }
+        masks = _gather_packed(candidates, kept, kept_image)
+        groups = _size_groups(images)
+        rles: Dict[Tuple[int, int], List[Dict[str, Any]]] = {}
+        for size, members in groups.items():
+            group = torch.cat([masks[i] for i in members])
+            if self.output_mode == "binary_mask":
+                fields[f"packed{size}"] = group
+            elif group.shape[0]:
+                rles[size] = mask_to_rle(group, width=size[1])  # one bulk transfer per image size
         host = to_host_once(fields)
-        return self._records(images, host)
+        segmentations = [[] for _ in images]
+        for size, members in groups.items():
+            if self.output_mode == "binary_mask":
+                # Mask by mask: unpacking goes through 32 bits per pixel, so bound it to one mask.
+                group = [unpack_masks(torch.from_numpy(packed), size[1]).numpy() for packed in host[f"packed{size}"]]
+            else:
+                group = rles.get(size, [])
+                if self.output_mode == "coco_rle":
+                    group = [coco_encode_rle(rle) for rle in group]
+            for i in members:
+                segmentations[i], group = group[:masks[i].shape[0]], group[masks[i].shape[0]:]
+        return self._records(images, host, segmentations)
 
     # -------------------------------------------------------------------------------- host part
-    def _records(self, images: List[torch.Tensor], host: Dict[str, np.ndarray]) -> List[List[Dict[str, Any]]]:
+    def _records(self, images: List[torch.Tensor], host: Dict[str, np.ndarray],
+                 segmentations: List[List[Any]]) -> List[List[Dict[str, Any]]]:
         out: List[List[Dict[str, Any]]] = [[] for _ in images]
-        for row, i in enumerate(host["image"].tolist()):
-            h, w = images[i].shape[:2]
-            mask = unpack_mask_host(host["packed"][row, :h, : (w + 31) // 32], w)
-            if self.output_mode == "binary_mask":
-                segmentation = mask
-            else:
-                segmentation = rle_from_mask(mask)
-                if self.output_mode == "coco_rle":
-                    segmentation = coco_rle_from_rle(segmentation)
-            x0, y0, x1, y1 = host["boxes"][row].tolist()
-            out[i].append({
-                "segmentation": segmentation,
-                "area": int(host["areas"][row]),
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "predicted_iou": float(host["iou"][row]),
-                "point_coords": [host["points"][row].tolist()],
-                "stability_score": float(host["stability"][row]),
-                "crop_box": [0, 0, w, h],
-            })
+        row = 0
+        for i, (image, per_image) in enumerate(zip(images, segmentations)):
+            h, w = image.shape[:2]
+            for segmentation in per_image:
+                x0, y0, x1, y1 = host["boxes"][row].tolist()
+                out[i].append({
+                    "segmentation": segmentation,
+                    "area": int(host["areas"][row]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "predicted_iou": float(host["iou"][row]),
+                    "point_coords": [host["points"][row].tolist()],
+                    "stability_score": float(host["stability"][row]),
+                    "crop_box": [0, 0, w, h],
+                })
+                row += 1
         return out
+
+
+def _gather_packed(candidates: List[_Candidates], rows: torch.Tensor, row_image: torch.Tensor) -> List[torch.Tensor]:
+    """Per image, the packed masks of ``rows`` (global candidate rows, ascending by image)."""
+    counts = torch.bincount(row_image, minlength=len(candidates)).tolist()  # a size read
+    starts = np.cumsum([0] + [c.iou.shape[0] for c in candidates[:-1]]).tolist()
+    return [c.packed[part - start] for c, part, start in zip(candidates, rows.split(counts), starts)]
+
+
+def _padded_cat(masks: List[torch.Tensor]) -> torch.Tensor:
+    """Packed mask stacks of different (H, words), zero-padded bottom/right to the largest and concatenated."""
+    height = max(m.shape[1] for m in masks)
+    words = max(m.shape[2] for m in masks)
+    return torch.cat([F.pad(m, (0, words - m.shape[2], 0, height - m.shape[1])) for m in masks])
+
+
+def _size_groups(images: List[torch.Tensor]) -> Dict[Tuple[int, int], List[int]]:
+    """Image indices by (H, W): the masks of one group go through one ``mask_to_rle`` call."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((int(image.shape[0]), int(image.shape[1])), []).append(i)
+    return groups
 
 
 def to_host_once(tensors: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
@@ -381,35 +375,13 @@ def segment_everything(model, images, **kwargs) -> List[List[Dict[str, Any]]]:
     return SegmentEverything(model, **kwargs).generate(images)
 
 
-def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
-    """(H, W) bool mask from an uncompressed RLE or a COCO RLE (string counts) record."""
-    h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = _coco_string_to_counts(counts if isinstance(counts, str) else counts.decode())
-    values = np.zeros(len(counts), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, counts)
-    if flat.size != h * w:
-        raise ValueError(f"RLE counts sum to {flat.size}, expected {h * w} for size {[h, w]}")
-    return flat.reshape(w, h).T
+def segmentation_to_mask(segmentation) -> np.ndarray:
+    """(H, W) bool mask of a record's ``segmentation``, whatever the output mode: a binary mask, an
+    uncompressed RLE (``ops.rle_to_mask``) or a COCO RLE with string counts (pycocotools)."""
+    if isinstance(segmentation, np.ndarray):
+        return segmentation.astype(bool, copy=False)
+    if isinstance(segmentation["counts"], (str, bytes)):
+        from pycocotools import mask as mask_utils
 
-
-def _coco_string_to_counts(text: str) -> List[int]:
-    """Inverse of :func:`coco_rle_from_rle` (pycocotools ``rleFrString``)."""
-    counts: List[int] = []
-    position = 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            char = ord(text[position]) - 48
-            value |= (char & 0x1F) << (5 * shift)
-            more = bool(char & 0x20)
-            position += 1
-            shift += 1
-            if not more and char & 0x10:
-                value |= -1 << (5 * shift)
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
+        return mask_utils.decode(segmentation).astype(bool)
+    return rle_to_mask(segmentation)

@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from litesam_kernels.model import build_litesam
-from litesam_kernels.segment_everything import (
-    SegmentEverything, coco_rle_from_rle, postprocess_masks, rle_from_mask, rle_to_mask, segment_everything,
-    unpack_mask_host,
-)
-from litesam_kernels.ops.bitmask import pack_masks, unpack_masks
+from litesam_kernels import segment_everything as pipeline
+from litesam_kernels.segment_everything import SegmentEverything, segment_everything, segmentation_to_mask
 
 LOOSE = dict(pred_iou_thresh=-1e9, stability_score_thresh=0.0, points_per_image=24, prompts_per_batch=10)
 
@@ -66,8 +63,8 @@ class TestSegmentEverything:
             assert ious == sorted(ious, reverse=True)
             for record, rle_record, coco_record in zip(records, rle_records, coco_records):
                 check_record(record, *image.shape[:2])
-                assert (rle_to_mask(rle_record["segmentation"]) == record["segmentation"]).all()
-                assert (rle_to_mask(coco_record["segmentation"]) == record["segmentation"]).all()
+                assert (segmentation_to_mask(rle_record["segmentation"]) == record["segmentation"]).all()
+                assert (segmentation_to_mask(coco_record["segmentation"]) == record["segmentation"]).all()
                 assert rle_record["bbox"] == record["bbox"] and coco_record["area"] == record["area"]
 
     def test_batch_tensor_equals_list_and_single(self, tiny_model):
@@ -139,42 +136,142 @@ class TestSegmentEverything:
         assert segment_everything(tiny_model, []) == []
 
 
-class TestPostprocessAgainstSAM:
-    def test_postprocess_masks_matches_segment_anything(self):
-        from segment_anything.modeling import Sam
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+def same_records(a, b):
+    """Exactly equal record lists (NaN stability scores equal)."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            if key == "segmentation" and isinstance(ra[key], np.ndarray):
+                assert np.array_equal(ra[key], rb[key])
+            elif key == "stability_score" and np.isnan(ra[key]):
+                assert np.isnan(rb[key])
+            else:
+                assert ra[key] == rb[key], key
 
-        low_res = torch.nn.functional.interpolate(torch.randn(6, 1, 8, 8) * 4, (32, 32), mode="bilinear")[:, 0]
-        low_res[0] = -20.0  # an empty mask: NaN-free zero box, stability NaN
-        input_size, original = (128, 96), (100, 75)
-        packed, stability, boxes, areas = postprocess_masks(low_res, input_size, original, 128, 0.0, 1.0)
+
+class TestAgainstSAM:
+    """The records are SAM's AMG semantics applied to the decoder's outputs."""
+
+    def test_records_equal_sam_amg_steps(self, tiny_model, monkeypatch):
+        from segment_anything.modeling import Sam
+        from segment_anything.utils.amg import (batched_mask_to_box, calculate_stability_score, coco_encode_rle,
+                                                mask_to_rle_pytorch)
+        from torchvision.ops import batched_nms as tv_batched_nms
+
+        captured = {"logits": [], "num_valid": []}
+        real_postprocess, real_ppn = pipeline.postprocess_masks, pipeline.ppn_decode
+
+        def spy_postprocess(low_res, input_size, original_size, *args, **kwargs):
+            captured["logits"].append((low_res.clone(), tuple(input_size), tuple(original_size)))
+            return real_postprocess(low_res, input_size, original_size, *args, **kwargs)
+
+        def spy_ppn(*args, **kwargs):
+            prompts = real_ppn(*args, **kwargs)
+            captured["num_valid"].append(prompts.num_valid.clone())
+            return prompts
+
+        monkeypatch.setattr(pipeline, "postprocess_masks", spy_postprocess)
+        monkeypatch.setattr(pipeline, "ppn_decode", spy_ppn)
+        image = synthetic_photo(120, 90, 8)
+        # Random tiny weights: small logits and IoUs, boxes near the whole image; thresholds that drop a few masks.
+        options = dict(points_per_image=24, prompts_per_batch=10, pred_iou_thresh=-0.08, stability_score_thresh=0.015,
+                       stability_score_offset=0.02, box_nms_thresh=0.99)
+        generator = SegmentEverything(tiny_model, **options)
+        ious = []
+        real_decode = generator._decode
+        generator._decode = lambda *a: (lambda out: ious.append(out[1][0].flatten()) or out)(real_decode(*a))
+        records = generator.generate(image)[0]
+        rle_records = SegmentEverything(tiny_model, output_mode="uncompressed_rle", **options).generate(image)[0]
+        coco_records = SegmentEverything(tiny_model, output_mode="coco_rle", **options).generate(image)[0]
 
         sam = Sam.__new__(Sam)
         torch.nn.Module.__init__(sam)
-        sam.image_encoder = type("E", (), {"img_size": 128})()
+        sam.image_encoder = type("E", (), {"img_size": tiny_model.config.image_size})()
+        _, input_size, original = captured["logits"][0]
+        low_res = torch.cat([c[0] for c in captured["logits"][:len(ious)]])
         logits = Sam.postprocess_masks(sam, low_res[:, None], input_size, original)[:, 0]
-        masks = logits > 0.0
-        assert torch.equal(unpack_masks(packed, original[1]), masks)
-        torch.testing.assert_close(stability, calculate_stability_score(logits, 0.0, 1.0), equal_nan=True)
-        assert torch.equal(boxes, batched_mask_to_box(masks))
-        assert torch.equal(areas, masks.sum((1, 2)))
+        iou = torch.cat(ious)
+        masks = logits > tiny_model.mask_threshold
+        stability = calculate_stability_score(logits, tiny_model.mask_threshold, 0.02)
+        boxes = batched_mask_to_box(masks)
+        valid = torch.arange(24) < captured["num_valid"][0][0]
+        keep = valid & (iou > -0.08) & (stability >= 0.015)
+        rows = torch.nonzero(keep).flatten()
+        assert 1 < len(rows) < valid.sum()
+        rows = rows[tv_batched_nms(boxes[rows].float(), iou[rows], torch.zeros_like(rows), 0.99)]
+        assert len(records) == len(rows) > 1 and len(rows) < keep.sum()  # NMS dropped some
+        for row, record, rle_record, coco_record in zip(rows.tolist(), records, rle_records, coco_records):
+            assert np.array_equal(record["segmentation"], masks[row].numpy())
+            assert record["predicted_iou"] == iou[row].item()
+            assert record["stability_score"] == stability[row].item()
+            x0, y0, x1, y1 = boxes[row].tolist()
+            assert record["bbox"] == [x0, y0, x1 - x0, y1 - y0] and record["area"] == int(masks[row].sum())
+            sam_rle = mask_to_rle_pytorch(masks[row:row + 1])[0]
+            assert rle_record["segmentation"] == sam_rle
+            assert coco_record["segmentation"] == coco_encode_rle(sam_rle)
 
-    def test_rle_matches_segment_anything_and_pycocotools(self):
-        from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
+    def test_default_dispatch_equals_reference_pipeline(self, tiny_model):
+        """The compiled/fused ops (where built) give the records of the all-reference pipeline, bit for bit."""
+        images = [synthetic_photo(70, 100, 9), synthetic_photo(64, 48, 10), synthetic_photo(70, 100, 11)]
+        for output_mode in ("binary_mask", "uncompressed_rle"):
+            built = segment_everything(tiny_model, images, output_mode=output_mode, **LOOSE)
+            reference = segment_everything(tiny_model, images, output_mode=output_mode, backend="reference", **LOOSE)
+            for a, b in zip(built, reference):
+                same_records(a, b)
 
-        masks = torch.nn.functional.interpolate(torch.randn(4, 1, 5, 6), (37, 41), mode="bilinear")[:, 0] > 0
-        masks[1] = True
-        masks[2] = False
-        for mask, expected in zip(masks, mask_to_rle_pytorch(masks)):
-            rle = rle_from_mask(mask.numpy())
-            assert rle == expected
-            assert coco_rle_from_rle(rle) == coco_encode_rle(expected)
+    def test_eager_reference_is_reference_backend_and_per_prompt_decoder(self, tiny_model):
+        eager = SegmentEverything.eager_reference(tiny_model, points_per_image=8)
+        assert eager.backend == "reference" and not eager.batched_decoder and eager.points_per_image == 8
+        from litesam_kernels import _backend
 
-    def test_host_unpack_matches_bitmask_layout(self):
-        masks = torch.rand(3, 9, 70) > 0.5
-        packed = pack_masks(masks).numpy()
-        for i in range(3):
-            assert (unpack_mask_host(packed[i], 70) == masks[i].numpy()).all()
+        seen = []
+        real_decode = eager._decode
+
+        def decode(*args):
+            seen.append(_backend.forced_backend())
+            return real_decode(*args)
+
+        eager._decode = decode
+        eager.generate(synthetic_photo(48, 48, 12))
+        assert seen and set(seen) == {"reference"}
+        assert _backend.forced_backend() is None
+
+
+class TestMaskNMS:
+    def test_mask_nms_records(self, tiny_model):
+        from litesam_kernels.ops import mask_iou
+
+        images = [synthetic_photo(80, 110, 13), synthetic_photo(60, 60, 14)]
+        loose = segment_everything(tiny_model, images, box_nms_thresh=1.0, **LOOSE)
+        masked = segment_everything(tiny_model, images, nms="mask", mask_nms_thresh=0.5, **LOOSE)
+        reference = segment_everything(tiny_model, images, nms="mask", mask_nms_thresh=0.5, backend="reference",
+                                       **LOOSE)
+        for image, all_records, records, expected in zip(images, loose, masked, reference):
+            same_records(records, expected)
+            assert 0 < len(records) < len(all_records)
+            ious = [r["predicted_iou"] for r in records]
+            assert ious == sorted(ious, reverse=True)
+            masks = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
+            overlap = mask_iou(masks, masks).fill_diagonal_(0)
+            assert overlap.max() <= 0.5  # no two kept masks of one image overlap past the threshold
+            for record in records:
+                check_record(record, *image.shape[:2])
+            # Greedy: every dropped candidate overlaps a higher-scored kept mask past the threshold.
+            kept = {r["predicted_iou"] for r in records}
+            for record in all_records:
+                if record["predicted_iou"] not in kept:
+                    iou = mask_iou(torch.from_numpy(record["segmentation"])[None], masks)[0]
+                    higher = torch.tensor([r["predicted_iou"] >= record["predicted_iou"] for r in records])
+                    assert (iou[higher] > 0.5).any()
+
+    def test_bad_nms_arguments(self, tiny_model):
+        with pytest.raises(ValueError, match="nms"):
+            SegmentEverything(tiny_model, nms="matrix")
+        with pytest.raises(ValueError, match="mask_nms_thresh"):
+            SegmentEverything(tiny_model, nms="mask", mask_nms_thresh=1.5)
+        with pytest.raises(ValueError, match="backend"):
+            SegmentEverything(tiny_model, backend="fast")
 
 
 class TestCLI:
@@ -199,7 +296,7 @@ class TestCLI:
             assert (result["height"], result["width"]) == size and result["annotations"]
             for record in result["annotations"]:
                 assert isinstance(record["segmentation"]["counts"], str)
-                assert rle_to_mask(record["segmentation"]).sum() == record["area"]
+                assert segmentation_to_mask(record["segmentation"]).sum() == record["area"]
             overlay = np.asarray(Image.open(out / f"photo{i}_overlay.png"))
             assert overlay.shape == (*size, 3)
 
@@ -241,3 +338,20 @@ class TestSegmentEverythingGPU:
         for image, per_image in zip(images, records):
             for record in per_image[:5]:
                 check_record(record, *image.shape[:2])
+
+    @pytest.mark.parametrize("nms", ["box", "mask"])
+    def test_cuda_kernels_match_cuda_reference_pipeline(self, nms):
+        """Default dispatch on CUDA (Triton/CUDA post-processing, RLE, NMS) vs every op on its reference."""
+        torch.manual_seed(0)
+        model = build_litesam("tiny").cuda().eval()
+        images = [synthetic_photo(150, 200, 0), synthetic_photo(90, 70, 1), synthetic_photo(150, 200, 2)]
+        options = dict(LOOSE, nms=nms, box_nms_thresh=1.0, mask_nms_thresh=0.5, output_mode="uncompressed_rle")
+        built = segment_everything(model, images, **options)
+        reference = segment_everything(model, images, backend="reference", **options)
+        for image, a, b in zip(images, built, reference):
+            assert len(a) == len(b) > 0
+            assert [r["predicted_iou"] for r in a] == [r["predicted_iou"] for r in b]
+            for ra, rb in zip(a, b):
+                differ = (segmentation_to_mask(ra["segmentation"]) != segmentation_to_mask(rb["segmentation"])).sum()
+                assert differ <= 1e-4 * image.shape[0] * image.shape[1]  # threshold ties only (see mask_postprocess)
+                check_record(dict(ra, segmentation=segmentation_to_mask(ra["segmentation"])), *image.shape[:2])
