@@ -7,8 +7,9 @@ that repeats the image embedding per prompt. "as-built": the default dispatch (T
 post-processing: Triton on GPU, C++ on CPU; ``mask_to_rle`` on the packed masks; compiled NMS) and the
 batched decoder that broadcasts the embedding. Both produce the same records (checked before timing).
 ``segment_everything_mask_nms`` is the same comparison with ``nms="mask"`` (``ops.mask_nms`` on the
-packed masks vs its reference), at the first batch size only. For LiteViT the "as-built" model is today the same eager module (the fused
-blocks of issue 6 will replace it); the row is there so the speed-up appears in the same table once they land.
+packed masks vs its reference), at the first batch size only. For LiteViT the "as-built" model is today
+the same eager module (the fused blocks of issue 6 will replace it); the row is there so the speed-up
+appears in the same table once they land.
 
 GPU: 1024^2 inputs, the ``litesam`` config, K = 256 prompts per image. CPU: a smaller run (128^2 inputs,
 same architecture with ``image_size=128``, K = 8, B = 1 and 2) so the suite stays under a minute; CPU

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from litesam_kernels._backend import BACKENDS, use_backend
 from litesam_kernels._checks import check_real
-from litesam_kernels.ops import batched_nms, coco_encode_rle, mask_nms, mask_to_rle, postprocess_masks, ppn_decode, rle_to_mask
+from litesam_kernels.ops import (batched_nms, coco_encode_rle, mask_nms, mask_to_rle, postprocess_masks, ppn_decode,
+                                 rle_to_mask)
 from litesam_kernels.ops.bitmask import unpack_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -226,7 +227,8 @@ class SegmentEverything:
                                            self.multimask_output)
         masks, ious = [], []
         for i in range(embeddings.shape[0]):  # SAM's path: the embedding repeated per prompt
-            dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(sparse.shape[1], -1, *embeddings.shape[-2:])
+            dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(sparse.shape[1], -1,
+                                                                             *embeddings.shape[-2:])
             m, q = decoder(embeddings[i:i + 1], image_pe, sparse[i], dense, self.multimask_output)
             masks.append(m)
             ious.append(q)
