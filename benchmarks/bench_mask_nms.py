@@ -130,7 +130,9 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
                                     lambda: ops.mask_nms(masks, scores, IOU_THRESHOLD)))
         rows += compare("mask_nms", shape, masks.dtype, device,
                         Implementation("dense-matmul IoU + greedy", lambda: dense_matmul_mask_nms(masks, scores, IOU_THRESHOLD)),
-                        impls, matches=torch.equal, note=f"iou_threshold={IOU_THRESHOLD}; packed input, boxes on the fly")
+                        impls, matches=torch.equal,
+                        note=f"iou_threshold={IOU_THRESHOLD}; packed input ({packed.numel() * 4 / 1e6:.1f} MB, "
+                             f"bool {masks.numel() / 1e6:.0f} MB), boxes on the fly")
 
         rows += compare("matrix_nms", shape, scores.dtype, device,
                         Implementation("dense-matmul IoU + mmdet decay", lambda: dense_matmul_matrix_nms(masks, scores)),

@@ -149,6 +149,13 @@ class TestMaskNms:
             all_empty = lk.ops.mask_nms(torch.zeros(5, 7, 40, dtype=torch.bool), torch.tensor([1.0, 3, 3, 2, 0]), 0.0)
             copies = lk.ops.mask_nms(blob_masks(1, 9, 41, generator=_gen(2)).expand(70, 9, 41).contiguous(),
                                      torch.ones(70), 0.99)
+        for height, width in ((0, 40), (6, 0)):
+            no_pixels = torch.zeros(3, height, width, dtype=torch.bool)
+            with lk.use_backend(backend):
+                assert lk.ops.mask_nms(no_pixels, torch.tensor([0.1, 0.3, 0.2]), 0.0).tolist() == [1, 2, 0]
+                assert torch.equal(lk.ops.mask_iou(no_pixels, no_pixels), torch.zeros(3, 3))
+                assert lk.ops.matrix_nms(no_pixels, torch.tensor([0.1, 0.3, 0.2])).tolist() == [
+                    pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.2)]
         assert none.dtype == torch.int64 and none.shape == (0,)
         assert one.tolist() == [0]
         assert all_empty.tolist() == [1, 2, 3, 0, 4]  # ties by index; nothing suppressed
@@ -237,6 +244,19 @@ class TestMaskNms:
         torch.library.opcheck(torch.ops.litesam._mask_iou_kernel, (packed, boxes, packed[:4], boxes[:4], False))
         torch.library.opcheck(torch.ops.litesam._mask_nms_kernel,
                               (packed, boxes, torch.rand(6), torch.tensor([0, 1, 0, 1, 0, 1]), 0.3))
+
+    def test_compile_fullgraph(self):
+        masks, scores = blob_masks(20, 37, 70, generator=_gen(18)), torch.rand(20, generator=_gen(19))
+        idxs = torch.randint(0, 2, (20,), generator=_gen(20))
+
+        def select(masks, scores, idxs):
+            keep = lk.ops.mask_nms(masks, scores, 0.3, idxs=idxs)
+            return scores[keep], lk.ops.matrix_nms(masks, scores, idxs=idxs), lk.ops.mask_iou(masks, masks[:5])
+
+        kept_scores, decayed, iou = torch.compile(select, fullgraph=True)(masks, scores, idxs)
+        assert torch.equal(kept_scores, scores[lk.ops.mask_nms(masks, scores, 0.3, idxs=idxs)])
+        assert torch.equal(decayed, lk.ops.matrix_nms(masks, scores, idxs=idxs))
+        assert torch.equal(iou, lk.ops.mask_iou(masks, masks[:5]))
 
     def test_opcheck(self):
         packed = pack_masks(blob_masks(6, 9, 40, generator=_gen(16)))

@@ -12,6 +12,9 @@ inline void check_packed_masks(const char* name, const at::Tensor& packed, const
   TORCH_CHECK_VALUE(packed.dim() == 3, name, " must be packed masks of shape (N, H, ceil(W/32)), got ",
                     packed.sizes());
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kInt, name, " must be int32 packed masks, got ", packed.scalar_type());
+  // Zero-pixel masks are all empty (IoU 0 everywhere): the Python op answers those without a kernel.
+  TORCH_CHECK_VALUE(packed.size(1) > 0 && packed.size(2) > 0, name, " must have H > 0 and W > 0, got ",
+                    packed.sizes());
   TORCH_CHECK_VALUE(packed.size(1) * packed.size(2) * 32 < (int64_t(1) << 31), name,
                     " masks must have fewer than 2**31 pixels each, got shape ", packed.sizes());
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == packed.size(0), boxes_name,

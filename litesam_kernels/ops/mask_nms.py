@@ -15,6 +15,14 @@ Semantics shared by the three ops (every backend returns identical IoUs and keep
   none are given, or larger); a box that cuts off part of its mask gives a wrong IoU.
 - Score order: decreasing score, equal scores by increasing index (a stable sort); a NaN score sorts
   first, as in ``torch.sort``.
+
+Backends: ``cuda`` (tiles of 64 x 64 pairs; box-overlapping pairs compacted, one warp per pair ANDs and
+``__popc``-s the boxes' intersection; mask NMS writes box NMS's N x ceil(N/64) int64 suppression bitmask
+and reuses its device-side greedy walk: one host sync, for the kept count); ``triton`` (IoU tiles with a
+SWAR popcount; mask NMS thresholds the N x N float32 IoU into the same bitmask and reuses box NMS's Triton
+walk); ``cpu`` (C++: lazy greedy, only (kept, not yet suppressed) pairs are evaluated, in parallel per
+kept mask); ``reference`` (dense float64 matmul and a Python loop). Matrix NMS uses the backend's IoU
+kernel, then the decay in torch (O(N^2) memory).
 """
 from __future__ import annotations
 
@@ -346,9 +354,14 @@ def _pack_suppression_bits(suppress: torch.Tensor) -> torch.Tensor:
     return (padded.view(n, col_blocks, _BOXES_PER_WORD) * weights).sum(-1).flatten().contiguous()
 
 
+def _no_pixels(packed, width: int) -> bool:
+    """Masks of H = 0 or W = 0: all empty, IoU 0 everywhere; answered without a kernel."""
+    return packed.shape[1] == 0 or width == 0
+
+
 def _run_mask_iou(packed_a, packed_b, width: int) -> torch.Tensor:
     backend = _backend.choose(_MASK_IOU, packed_a.device)
-    if backend == "reference" or packed_a.shape[0] == 0 or packed_b.shape[0] == 0:
+    if backend == "reference" or packed_a.shape[0] == 0 or packed_b.shape[0] == 0 or _no_pixels(packed_a, width):
         return _mask_iou_reference(packed_a, packed_b, width)
     boxes_a, boxes_b = packed_mask_boxes(packed_a, width), packed_mask_boxes(packed_b, width)
     if backend == "triton":
@@ -364,6 +377,8 @@ def _run_mask_nms(packed, scores, iou_threshold: float, idxs, boxes, width: int)
     if packed.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=packed.device)
     backend = _backend.choose(_MASK_NMS, packed.device)
+    if _no_pixels(packed, width):
+        return torch.sort(scores, stable=True, descending=True).indices  # nothing overlaps: all kept
     if backend == "reference":
         return _mask_nms_reference(packed, scores, iou_threshold, idxs, width)
     if boxes is None:
@@ -374,9 +389,9 @@ def _run_mask_nms(packed, scores, iou_threshold: float, idxs, boxes, width: int)
 
 
 def _run_matrix_nms(packed, scores, idxs, kernel: str, sigma: float, width: int) -> torch.Tensor:
-    if packed.shape[0] == 0:
-        return scores.clone()
     backend = _backend.choose(_MATRIX_NMS, packed.device)
+    if packed.shape[0] == 0 or _no_pixels(packed, width):
+        return scores.clone()  # no overlaps: no decay
     if backend == "reference":
         return _matrix_nms_reference(packed, scores, idxs, kernel, sigma, width)
     order = torch.sort(scores, stable=True, descending=True).indices
