@@ -165,6 +165,11 @@ class SegmentEverything:
             raise ValueError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if output_mode == "coco_rle":
+            try:  # fail before the model runs, not after (ops.coco_encode_rle uses it)
+                import pycocotools.mask  # noqa: F401
+            except ImportError as exc:
+                raise ImportError("output_mode='coco_rle' needs pycocotools (pip install pycocotools)") from exc
         if nms not in NMS_MODES:
             raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
         if backend is not None and backend not in BACKENDS:

@@ -265,13 +265,16 @@ class TestMaskNMS:
                     higher = torch.tensor([r["predicted_iou"] >= record["predicted_iou"] for r in records])
                     assert (iou[higher] > 0.5).any()
 
-    def test_bad_nms_arguments(self, tiny_model):
+    def test_bad_nms_backend_and_coco_without_pycocotools(self, tiny_model, monkeypatch):
         with pytest.raises(ValueError, match="nms"):
             SegmentEverything(tiny_model, nms="matrix")
         with pytest.raises(ValueError, match="mask_nms_thresh"):
             SegmentEverything(tiny_model, nms="mask", mask_nms_thresh=1.5)
         with pytest.raises(ValueError, match="backend"):
             SegmentEverything(tiny_model, backend="fast")
+        monkeypatch.setitem(__import__("sys").modules, "pycocotools.mask", None)
+        with pytest.raises(ImportError, match="pycocotools"):
+            SegmentEverything(tiny_model, output_mode="coco_rle")
 
 
 class TestCLI:
