@@ -102,7 +102,12 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately not listed: pip would replace the installed (CUDA) build with another one.
     install_requires=["numpy"],
-    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "torchvision"]},
+    extras_require={
+        "triton": ["triton"],
+        "coco": ["pycocotools"],  # output_mode="coco_rle", as in segment_anything
+        "test": ["pytest", "pytest-benchmark", "torchvision", "segment-anything", "opencv-python-headless", "pycocotools"],
+    },
+    entry_points={"console_scripts": ["litesam-segment=litesam_kernels.cli:main"]},
     ext_modules=[build_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},
     zip_safe=False,

@@ -6,8 +6,11 @@ from litesam_kernels.ops.mask_nms import mask_iou, mask_nms, matrix_nms
 from litesam_kernels.ops.mask_postprocess import PostprocessedMasks, masks_to_boxes, postprocess_masks, stability_score
 from litesam_kernels.ops.rle import area_from_rle, coco_encode_rle, mask_to_rle, rle_to_mask
 from litesam_kernels.ops.small_regions import connected_components, remove_small_regions
+# AutoPPN prompt decoding.
+from litesam_kernels.ops.ppn_decode import PPNPrompts, ppn_decode
 
 __all__ = [
+    "PPNPrompts",
     "PostprocessedMasks",
     "area_from_rle",
     "batched_nms",
@@ -20,6 +23,7 @@ __all__ = [
     "matrix_nms",
     "nms",
     "postprocess_masks",
+    "ppn_decode",
     "remove_small_regions",
     "rle_to_mask",
     "stability_score",
