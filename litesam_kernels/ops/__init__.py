@@ -1,7 +1,8 @@
 """Fused ops, one module per op family. Each op is also a ``torch.ops.litesam.<name>`` custom op
 (torch.compile-safe) that picks its backend per call (see ``litesam_kernels._backend``)."""
+from litesam_kernels.ops.conv_block import dwconv_act, fold_batchnorm
 from litesam_kernels.ops.layer_norm import layer_norm2d
 from litesam_kernels.ops.nms import batched_nms, nms
 from litesam_kernels.ops.pool_mixer import pool_mixer
 
-__all__ = ["batched_nms", "layer_norm2d", "nms", "pool_mixer"]
+__all__ = ["batched_nms", "dwconv_act", "fold_batchnorm", "layer_norm2d", "nms", "pool_mixer"]
