@@ -57,3 +57,177 @@ class TestLiteViT:
         weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
         out = attn.proj((weights @ v).transpose(1, 2).reshape(b, h * w, c)).transpose(1, 2).reshape(b, c, h, w)
         torch.testing.assert_close(attn(x), out)
+
+
+# --------------------------------------------------------------------------------------------- SAM parts
+def _sam_parts(embed_dim, embed_size, image_size, depth=2, heads=8, mlp_dim=2048, iou_hidden=256, mask_in=16):
+    from segment_anything.modeling import MaskDecoder as SamMaskDecoder
+    from segment_anything.modeling import PromptEncoder as SamPromptEncoder
+    from segment_anything.modeling import TwoWayTransformer as SamTransformer
+
+    prompt_encoder = SamPromptEncoder(embed_dim=embed_dim, image_embedding_size=(embed_size, embed_size),
+                                      input_image_size=(image_size, image_size), mask_in_chans=mask_in)
+    decoder = SamMaskDecoder(transformer_dim=embed_dim,
+                             transformer=SamTransformer(depth=depth, embedding_dim=embed_dim, num_heads=heads,
+                                                        mlp_dim=mlp_dim),
+                             iou_head_hidden_dim=iou_hidden)
+    # SAM initialises several parts to constants; randomise every tensor so a wrong key order shows
+    with torch.no_grad():
+        for module in (prompt_encoder, decoder):
+            for tensor in module.state_dict().values():
+                tensor.copy_(torch.randn_like(tensor) * 0.2)
+    return prompt_encoder.eval(), decoder.eval()
+
+
+def _our_model_with(sam_prompt_encoder, sam_decoder, config):
+    from litesam_kernels.model import build_litesam, load_state_dict_checked
+
+    model = build_litesam(config).eval()
+    load_state_dict_checked(model.prompt_encoder, sam_prompt_encoder.state_dict(), source="SAM PromptEncoder")
+    load_state_dict_checked(model.mask_decoder, sam_decoder.state_dict(), source="SAM MaskDecoder")
+    return model
+
+
+SAM_COMPAT_CASES = {
+    "tiny": dict(config="tiny", sam=dict(embed_dim=32, embed_size=8, image_size=128, depth=1, heads=2, mlp_dim=64,
+                                          iou_hidden=32, mask_in=4)),
+    "sam-size": dict(config="litesam", sam=dict(embed_dim=256, embed_size=64, image_size=1024)),
+}
+
+
+class TestSamCompatibility:
+    @pytest.mark.parametrize("case,prompt,multimask", [
+        (case, prompt, multimask) for case in ["tiny"] for prompt in ["points", "boxes", "points+boxes"]
+        for multimask in [False, True]
+    ] + [("sam-size", "points", True), ("sam-size", "boxes", False)])  # full size: SAM's shapes, 2 cases for time
+    def test_same_outputs_as_segment_anything(self, case, prompt, multimask):
+        spec = SAM_COMPAT_CASES[case]
+        sam_pe, sam_dec = _sam_parts(**spec["sam"])
+        model = _our_model_with(sam_pe, sam_dec, spec["config"])
+        size, embed = spec["sam"]["image_size"], spec["sam"]["embed_dim"]
+        n = 3
+        points = (torch.rand(n, 2, 2) * size, torch.tensor([[1, 0], [1, 1], [0, -1]]))
+        corners = torch.rand(n, 2, 2) * size
+        boxes = torch.cat([corners.min(1).values, corners.max(1).values], 1)
+        kwargs = dict(points=points if "points" in prompt else None, boxes=boxes if "boxes" in prompt else None,
+                      masks=None)
+        image = torch.randn(1, embed, spec["sam"]["embed_size"], spec["sam"]["embed_size"])
+        with torch.no_grad():
+            expected_sparse, expected_dense = sam_pe(**kwargs)
+            sparse, dense = model.prompt_encoder(**kwargs)
+            torch.testing.assert_close(sparse, expected_sparse)
+            torch.testing.assert_close(dense, expected_dense)
+            torch.testing.assert_close(model.prompt_encoder.get_dense_pe(), sam_pe.get_dense_pe())
+            expected = sam_dec(image, sam_pe.get_dense_pe(), expected_sparse, expected_dense, multimask)
+            got = model.mask_decoder(image, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        assert got[0].shape == expected[0].shape == (n, 3 if multimask else 1, 4 * image.shape[-2], 4 * image.shape[-1])
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-4)
+
+    def test_mask_prompt_same_as_segment_anything(self):
+        spec = SAM_COMPAT_CASES["tiny"]
+        sam_pe, _ = _sam_parts(**spec["sam"])
+        model = _our_model_with(sam_pe, _sam_parts(**spec["sam"])[1], "tiny")
+        masks = torch.randn(2, 1, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(model.prompt_encoder(None, None, masks)[1], sam_pe(None, None, masks)[1])
+
+
+class TestBatchedDecoder:
+    @pytest.mark.parametrize("config,depth", [("tiny", 1), ("tiny", 3)])
+    @pytest.mark.parametrize("multimask", [False, True])
+    def test_batched_equals_per_prompt(self, config, depth, multimask):
+        from litesam_kernels.model import build_litesam
+
+        model = build_litesam(config, decoder_depth=depth).eval()
+        with torch.no_grad():
+            for p in model.mask_decoder.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        b, k, size = 3, 5, model.config.image_size
+        embeddings = torch.randn(b, model.config.prompt_embed_dim, 8, 8)
+        corners = torch.rand(b, k, 2, 2) * size
+        boxes = torch.cat([corners.min(2).values, corners.max(2).values], -1)
+        points = (torch.rand(b, k, 1, 2) * size, torch.ones(b, k, 1, dtype=torch.long))
+        pe = model.prompt_encoder.get_dense_pe()
+        with torch.no_grad():
+            sparse = model.prompt_encoder.embed_prompts(points, boxes)
+            masks, iou = model.mask_decoder.forward_batched(embeddings, pe, sparse,
+                                                            model.prompt_encoder.no_mask_embed.weight, multimask)
+            for i in range(b):
+                s, d = model.prompt_encoder((points[0][i], points[1][i]), boxes[i], None)
+                expected_masks, expected_iou = model.mask_decoder(embeddings[i:i + 1], pe, s, d, multimask)
+                torch.testing.assert_close(masks[i], expected_masks, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(iou[i], expected_iou, rtol=1e-4, atol=1e-4)
+
+    def test_no_per_prompt_copy_of_the_embedding(self, monkeypatch):
+        from litesam_kernels.model import build_litesam
+
+        model = build_litesam("tiny").eval()
+
+        def forbidden(*args, **kwargs):
+            raise AssertionError("the batched path must not repeat the image embedding per prompt")
+
+        monkeypatch.setattr(torch, "repeat_interleave", forbidden)
+        sparse = torch.randn(2, 4, 2, 32)
+        with torch.no_grad():
+            masks, iou = model.mask_decoder.forward_batched(torch.randn(2, 32, 8, 8), model.prompt_encoder.get_dense_pe(),
+                                                            sparse, model.prompt_encoder.no_mask_embed.weight, False)
+        assert masks.shape == (2, 4, 1, 32, 32) and iou.shape == (2, 4, 1)
+
+
+class TestLiteSAM:
+    def test_parameter_counts(self):
+        from litesam_kernels.model import build_litesam
+
+        counts = build_litesam("litesam").parameter_counts()
+        assert counts["image_encoder"] == 1_147_728
+        assert counts["mask_decoder"] == 4_058_340  # SAM's decoder, unchanged
+        assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+        slim = build_litesam("litesam_slim").parameter_counts()
+        assert 4.1e6 < slim["total"] < 4.3e6  # the paper's ~4.2M
+
+    def test_forward_shapes(self):
+        from litesam_kernels.model import build_litesam
+
+        model = build_litesam("tiny").eval()
+        with torch.no_grad():
+            embeddings, heatmap, boxes = model(torch.randn(2, 3, 128, 128))
+        assert embeddings.shape == (2, 32, 8, 8) and heatmap.shape == (2, 1, 8, 8) and boxes.shape == (2, 4, 8, 8)
+        assert (boxes > 0).all()
+
+    def test_checkpoint_roundtrip_keeps_config(self, tmp_path):
+        from litesam_kernels.model import LiteSAM, build_litesam
+
+        model = build_litesam("tiny", decoder_depth=2).eval()
+        path = tmp_path / "model.pt"
+        model.save(path)
+        loaded = LiteSAM.load(path).eval()
+        assert loaded.config == model.config
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key]), key
+        assert build_litesam("tiny", checkpoint=str(path), decoder_depth=2).config == model.config
+
+    def test_wrong_shape_checkpoint_names_the_tensor(self, tmp_path):
+        from litesam_kernels.model import CheckpointError, LiteSAM, build_litesam
+
+        model = build_litesam("tiny")
+        path = tmp_path / "model.pt"
+        model.save(path)
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["state_dict"]["mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
+        torch.save(checkpoint, path)
+        with pytest.raises(CheckpointError, match=r"mask_decoder\.iou_token\.weight.*\(1, 7\).*\(1, 32\)"):
+            LiteSAM.load(path)
+        del checkpoint["state_dict"]["ppn.box.bias"]
+        torch.save(checkpoint, path)
+        with pytest.raises(CheckpointError, match=r"ppn\.box\.bias.*missing"):
+            LiteSAM.load(path)
+        torch.save({"something": 1}, path)
+        with pytest.raises(CheckpointError, match="not a LiteSAM checkpoint"):
+            LiteSAM.load(path)
+
+    def test_unknown_config(self):
+        from litesam_kernels.model import build_litesam
+
+        with pytest.raises(ValueError, match="unknown config"):
+            build_litesam("huge")

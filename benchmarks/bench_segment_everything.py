@@ -1,0 +1,89 @@
+"""Lite-SAM end to end: LiteViT forward and the whole SegEvery per image, at B = 1 and B = 8.
+
+Baseline "eager-reference": the reference pipeline (every op forced to its pure-torch reference, SAM's
+per-prompt decoder path that repeats the image embedding per prompt). "as-built": the default dispatch
+(Triton ppn_decode, compiled NMS) and the batched decoder that broadcasts the embedding. For LiteViT the
+"as-built" model is today the same eager module (the fused blocks of issue 6 will replace it); the row is
+there so the speed-up appears in the same table once they land.
+
+GPU: 1024^2 inputs, the ``litesam`` config, K = 256 prompts per image. CPU: a smaller run (128^2 inputs,
+same architecture with ``image_size=128``, K = 8, B = 1 and 2) so the suite stays under a minute; CPU
+numbers say nothing about the GPU. Random weights with the thresholds opened (every prompt's mask goes
+through post-processing, NMS and RLE), so the work per image is the worst case for K prompts.
+The note of each row gives ms/image and images/s.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import List
+
+import numpy as np
+import torch
+
+from benchmarks.harness import Implementation, Row, compare
+from litesam_kernels import use_backend
+from litesam_kernels.model import build_litesam
+from litesam_kernels.segment_everything import SegmentEverything
+
+GPU = dict(image_size=1024, batches=(1, 8), k=256)
+CPU = dict(image_size=128, batches=(1, 2), k=8)
+
+
+def synthetic_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
+    """Blob-like photos: smooth colour fields from upsampled noise, so masks have realistic structure."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.rand(batch, 3, 8, 8, generator=generator) * 255
+    images = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    return images.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _same_records(got, expected) -> bool:
+    if [len(r) for r in got] != [len(r) for r in expected]:
+        return False
+    ious_got = np.array([r["predicted_iou"] for rs in got for r in rs])
+    ious_expected = np.array([r["predicted_iou"] for rs in expected for r in rs])
+    return bool(np.allclose(ious_got, ious_expected, rtol=1e-3, atol=1e-4))
+
+
+def _per_image_note(rows: List[Row], batch: int, extra: str) -> List[Row]:
+    for row in rows:
+        if row.median_ms:
+            per_image = row.median_ms / batch
+            row.note = f"{per_image:.2f} ms/image, {1000 / per_image:.1f} images/s; {extra}"
+    return rows
+
+
+def run(device: torch.device, quick: bool = False) -> List[Row]:
+    setup = GPU if device.type == "cuda" else CPU
+    batches = setup["batches"][:1] if quick else setup["batches"]
+    torch.manual_seed(0)
+    model = build_litesam("litesam", image_size=setup["image_size"]).to(device).eval()
+    size, k = setup["image_size"], setup["k"]
+    opened = dict(points_per_image=k, prompts_per_batch=min(k, 64), pred_iou_thresh=-1e9,
+                  stability_score_thresh=0.0, output_mode="coco_rle")
+    as_built = SegmentEverything(model, batch_size=max(batches), **opened)
+    reference = SegmentEverything(model, batch_size=max(batches), batched_decoder=False, **opened)
+    rows: List[Row] = []
+    for batch in batches:
+        images = synthetic_images(batch, size)
+        pixels = torch.randn(batch, 3, size, size, device=device)
+
+        def encode():
+            with torch.inference_mode():
+                return model.image_encoder(pixels)
+
+        def eager_reference():
+            with use_backend("reference"):
+                return reference.generate(images)
+
+        shape = f"B={batch}, {size}x{size}"
+        rows += _per_image_note(compare(
+            "litevit_forward", shape, torch.float32, device, Implementation("eager-reference", encode),
+            [Implementation("as-built", encode)], matches=lambda a, b: torch.allclose(a, b, atol=1e-5),
+        ), batch, "as-built = eager until the fused LiteViT blocks land")
+        rows += _per_image_note(compare(
+            "segment_everything", f"{shape}, K={k}", torch.float32, device,
+            Implementation("eager-reference", eager_reference), [Implementation("as-built", lambda: as_built.generate(images))],
+            matches=_same_records,
+        ), batch, f"K={k} prompts/image, thresholds opened, coco_rle")
+    return rows

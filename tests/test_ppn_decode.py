@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+
+import litesam_kernels as lk
+from litesam_kernels import _backend
+from litesam_kernels.ops import ppn_decode
+from litesam_kernels.ops.ppn_decode import _ppn_decode_reference
+from tests.helpers import runnable_backends
+
+OP = _backend.implementations("ppn_decode")
+
+
+def smooth_heatmap(b, h, w, peaks_scale=4.0):
+    """Blob-like logits: low-res noise upsampled (a realistic heatmap with a handful of peaks per blob)."""
+    low = torch.randn(b, 1, max(2, h // 4), max(2, w // 4)) * peaks_scale
+    return torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic", align_corners=False) - 1.0
+
+
+def box_distances(b, h, w):
+    return torch.rand(b, 4, h, w) * 4
+
+
+def run(backend, *args, **kwargs):
+    with lk.use_backend(backend):
+        return ppn_decode(*args, **kwargs)
+
+
+def assert_same(got, expected):
+    assert torch.equal(got.indices, expected.indices)
+    assert torch.equal(got.num_valid, expected.num_valid)
+    torch.testing.assert_close(got.points, expected.points, rtol=0, atol=0)
+    torch.testing.assert_close(got.boxes, expected.boxes, rtol=0, atol=0)
+    torch.testing.assert_close(got.scores, expected.scores, rtol=1e-6, atol=1e-6)  # sigmoid: 1 ulp apart
+
+
+class TestPPNDecode:
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    @pytest.mark.parametrize("b,h,w,k,threshold", [(1, 32, 32, 256, 0.1), (3, 13, 17, 20, 0.3), (2, 8, 8, 100, 0.0),
+                                                    (2, 1, 1, 4, 0.1), (2, 5, 31, 1, 0.5)])
+    def test_against_reference(self, backend, b, h, w, k, threshold):
+        heat, dist = smooth_heatmap(b, h, w), box_distances(b, h, w)
+        expected = _ppn_decode_reference(heat, dist, None, k, threshold, 16.0)
+        assert_same(run(backend, heat, dist, k=k, score_threshold=threshold), type(run("reference", heat, dist, k=1))(*expected))
+
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    def test_image_sizes_mask_padding_and_clamp_boxes(self, backend):
+        heat, dist = torch.randn(2, 1, 16, 16), box_distances(2, 16, 16) * 3
+        sizes = torch.tensor([[256, 160], [90, 256]])
+        got = run(backend, heat, dist, k=64, score_threshold=0.0, image_sizes=sizes)
+        assert_same(got, run("reference", heat, dist, k=64, score_threshold=0.0, image_sizes=sizes))
+        for i, (h, w) in enumerate(sizes.tolist()):
+            n = int(got.num_valid[i])
+            assert n > 0
+            assert (got.points[i, :n, 0] < w).all() and (got.points[i, :n, 1] < h).all()
+            assert (got.boxes[i, :n, 0::2] <= w).all() and (got.boxes[i, :n, 1::2] <= h).all()
+            assert (got.boxes[i, :n] >= 0).all()
+
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    def test_ties_lower_index_first_and_plateaus(self, backend):
+        heat = torch.full((1, 1, 6, 7), -5.0)
+        heat[0, 0, 1, 1] = 2.0           # isolated peaks with equal logits: index order
+        heat[0, 0, 4, 5] = 2.0
+        heat[0, 0, 1, 4:6] = 2.0         # a 1x2 plateau: both cells are peaks
+        heat[0, 0, 4, 1] = 3.0           # the best
+        heat[0, 0, 3, 3] = -0.0          # -0.0 and +0.0 tie
+        heat[0, 0, 5, 3] = 0.0
+        dist = torch.ones(1, 4, 6, 7)
+        got = run(backend, heat, dist, k=10, score_threshold=0.2)
+        assert got.indices[0].tolist() == [4 * 7 + 1, 1 * 7 + 1, 1 * 7 + 4, 1 * 7 + 5, 4 * 7 + 5, 3 * 7 + 3, 5 * 7 + 3,
+                                           -1, -1, -1]
+        assert got.num_valid.tolist() == [7]
+        assert_same(got, run("reference", heat, dist, k=10, score_threshold=0.2))
+        # the point is the cell centre; the box is one stride each way, clamped at 0
+        assert got.points[0, 0].tolist() == [24.0, 72.0]
+        assert got.boxes[0, 0].tolist() == [8.0, 56.0, 40.0, 88.0]
+
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    def test_k_larger_than_peaks_pads(self, backend):
+        heat, dist = smooth_heatmap(2, 9, 9), box_distances(2, 9, 9)
+        got = run(backend, heat, dist, k=200, score_threshold=0.05)
+        assert_same(got, run("reference", heat, dist, k=200, score_threshold=0.05))
+        for i in range(2):
+            n = int(got.num_valid[i])
+            assert 0 < n < 200
+            assert (got.indices[i, n:] == -1).all() and (got.scores[i, n:] == 0).all() and (got.boxes[i, n:] == 0).all()
+            assert (got.scores[i, :n] >= 0.05).all()
+            assert (got.scores[i, :n - 1] >= got.scores[i, 1:n]).all()
+
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    def test_nan_thresholds_and_dtypes(self, backend):
+        heat = smooth_heatmap(2, 12, 10)
+        heat[0, 0, 3, 3] = float("nan")
+        heat[1] = -math.inf
+        dist = box_distances(2, 12, 10)
+        for threshold in (0.0, 1.0):
+            assert_same(run(backend, heat, dist, k=16, score_threshold=threshold),
+                        run("reference", heat, dist, k=16, score_threshold=threshold))
+        assert run(backend, heat, dist, k=16, score_threshold=1.0).num_valid.tolist() == [0, 0]
+        assert run(backend, heat, dist, k=16, score_threshold=0.0).num_valid[1].item() == 0
+        half = run(backend, heat.half(), dist.half(), k=16)
+        assert_same(half, run("reference", heat.half().float(), dist.half().float(), k=16))
+
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
+    def test_non_contiguous_and_empty(self, backend):
+        heat = smooth_heatmap(2, 10, 10).transpose(2, 3)
+        dist = box_distances(2, 10, 10).transpose(2, 3)
+        assert_same(run(backend, heat, dist, k=8), run("reference", heat.contiguous(), dist.contiguous(), k=8))
+        empty = run(backend, torch.zeros(0, 1, 4, 4), torch.zeros(0, 4, 4, 4), k=5)
+        assert empty.points.shape == (0, 5, 2) and empty.num_valid.shape == (0,)
+
+    def test_peaks_are_local_maxima_and_above_threshold(self):
+        heat, dist = smooth_heatmap(2, 32, 32), box_distances(2, 32, 32)
+        got = run("reference", heat, dist, k=4096, score_threshold=0.2)
+        pooled = torch.nn.functional.max_pool2d(heat, 3, 1, 1)
+        expected = ((heat == pooled) & (torch.sigmoid(heat) >= 0.2)).flatten(1).sum(1)
+        assert torch.equal(got.num_valid, expected)
+
+    def test_bad_input(self):
+        heat, dist = torch.randn(2, 1, 4, 4), torch.rand(2, 4, 4, 4)
+        with pytest.raises(ValueError, match="heatmap_logits"):
+            ppn_decode(torch.randn(2, 2, 4, 4), dist)
+        with pytest.raises(ValueError, match="box_regression"):
+            ppn_decode(heat, torch.rand(2, 4, 4, 5))
+        with pytest.raises(TypeError, match="heatmap_logits"):
+            ppn_decode(heat.long(), dist)
+        with pytest.raises(ValueError, match="k must be"):
+            ppn_decode(heat, dist, k=0)
+        with pytest.raises(TypeError, match="k must be"):
+            ppn_decode(heat, dist, k=2.0)
+        with pytest.raises(ValueError, match="score_threshold"):
+            ppn_decode(heat, dist, score_threshold=1.5)
+        with pytest.raises(ValueError, match="stride"):
+            ppn_decode(heat, dist, stride=0)
+        with pytest.raises(ValueError, match="image_sizes"):
+            ppn_decode(heat, dist, image_sizes=torch.tensor([[1, 2]]))
+        with pytest.raises(TypeError, match="image_sizes"):
+            ppn_decode(heat, dist, image_sizes=torch.rand(2, 2))
+
+    def test_opcheck(self):
+        heat, dist = smooth_heatmap(2, 8, 8), box_distances(2, 8, 8)
+        torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, None, 16, 0.1, 16.0))
+        torch.library.opcheck(torch.ops.litesam.ppn_decode.default, (heat, dist, torch.tensor([[100, 128], [128, 64]]),
+                                                                      4, 0.0, 16.0))
