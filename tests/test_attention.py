@@ -141,3 +141,21 @@ class TestPooledKVAttention:
         want_grads = torch.autograd.grad(want.sum(), list(module.parameters()))
         for g, e in zip(grads, want_grads):
             torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+class TestAttentionGPU:
+    """The model's real attention shape (64^2 queries, 1024 + 256 pooled keys, 4 heads of 32) on CUDA."""
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2), (torch.float32, 1e-5)])
+    def test_real_shape_against_sdpa(self, dtype, tol):
+        q = torch.randn(2, 4096, 4, 32, device="cuda", dtype=dtype, requires_grad=True)
+        kv = torch.randn(2, 1280, 2, 4, 32, device="cuda", dtype=dtype, requires_grad=True)
+        with lk.use_backend("triton"):
+            got = multi_head_attention(q, kv[:, :, 0], kv[:, :, 1])
+            grads = torch.autograd.grad(got.float().sum(), (q, kv))
+        want = _sdpa(q, kv[:, :, 0], kv[:, :, 1])
+        torch.testing.assert_close(got.double(), want, atol=tol * 4, rtol=tol)
+        want_grads = torch.autograd.grad(want.sum(), (q, kv))
+        for g, e in zip(grads, want_grads):
+            torch.testing.assert_close(g.double(), e, atol=tol * 40, rtol=tol * 10)

@@ -92,3 +92,14 @@ class TestDWConvAct:
         x, w, b = _inputs((1, 3, 4, 5), 3, torch.float32, requires_grad=True)
         with lk.use_backend(backend):
             torch.library.opcheck(torch.ops.litesam.dwconv_act, (x, w, b, "gelu", True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k,shape", [(3, (2, 64, 64, 128)), (7, (1, 256, 256, 32))])
+def test_triton_on_gpu(dtype, k, shape):
+    from tests.dense_gpu import check_triton_on_gpu
+
+    x, w, b = _inputs(shape, k, dtype)
+    check_triton_on_gpu(lambda *t: dwconv_act(*t, "gelu", True), lambda *t: _dwconv_reference(*t, "gelu", True),
+                        [x, w, b], dtype)

@@ -98,3 +98,13 @@ class TestConvMLP:
         with lk.use_backend(backend):
             torch.library.opcheck(torch.ops.litesam.conv_mlp, (x, w1, b1, w2, b2, res))
             torch.library.opcheck(torch.ops.litesam.conv_mlp, (x, w1, b1, w2, b2, None))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("c,hid", [(32, 128), (128, 640)])
+def test_triton_on_gpu(dtype, c, hid):
+    from tests.dense_gpu import check_triton_on_gpu
+
+    x, w1, b1, w2, b2, res = _inputs((2, 64, 64), c, hid, dtype)
+    check_triton_on_gpu(lambda *t: conv_mlp(*t), _conv_mlp_reference, [x, w1, b1, w2, b2, res], dtype)

@@ -83,3 +83,13 @@ class TestLayerNorm2d:
         x, w, b = _inputs((1, 3, 4, 5), torch.float32, requires_grad=True)
         with lk.use_backend(backend):
             torch.library.opcheck(torch.ops.litesam.layer_norm2d, (x, w, b, 1e-6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("c", [128, 256])
+def test_triton_on_gpu(dtype, c):
+    from tests.dense_gpu import check_triton_on_gpu
+
+    x, w, b = _inputs((2, 64, 64, c), dtype)
+    check_triton_on_gpu(lambda *t: layer_norm2d(*t), lambda *t: _layer_norm_reference(*t, 1e-6), [x, w, b], dtype)

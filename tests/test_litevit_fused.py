@@ -80,3 +80,26 @@ class TestLiteViTFused:
 
     def test_default_is_eager(self):
         assert LiteViT(CONFIGS["tiny"].encoder).fused is False
+
+
+@pytest.mark.gpu
+class TestLiteViTFusedGPU:
+    """The default config at 256^2 on CUDA, every dtype, Triton kernels against the eager modules."""
+
+    @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
+    def test_forward_and_backward(self, dtype, tol):
+        torch.manual_seed(0)
+        eager = LiteViT().cuda().to(dtype).eval()
+        fused = copy.deepcopy(eager)
+        fused.fused = True
+        images = torch.randn(2, 3, 256, 256, device="cuda", dtype=dtype)
+        want = eager(images)
+        with lk.use_backend("triton"):
+            got = fused(images)
+            got.float().square().mean().backward()
+        want.float().square().mean().backward()
+        rel = lambda a, b: float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))  # noqa: E731
+        assert rel(got, want) < tol
+        num = sum(float((p.grad.double() - q.grad.double()).norm()) ** 2 for p, q in zip(fused.parameters(), eager.parameters()))
+        den = sum(float(q.grad.double().norm()) ** 2 for q in eager.parameters())
+        assert (num / den) ** 0.5 < 10 * tol

@@ -88,3 +88,13 @@ class TestPoolMixer:
         x, scale, shift = _inputs((1, 3, 4, 5), torch.float32, requires_grad=True)
         with lk.use_backend(backend):
             torch.library.opcheck(torch.ops.litesam.pool_mixer, (x, scale, shift, [1, 3]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_triton_on_gpu(dtype):
+    from tests.dense_gpu import check_triton_on_gpu
+
+    x, scale, shift = _inputs((2, 128, 128, 64), dtype)
+    check_triton_on_gpu(lambda *t: pool_mixer(*t), lambda *t: _pool_mixer_reference(*t, (3, 5, 7)),
+                        [x, scale, shift], dtype)

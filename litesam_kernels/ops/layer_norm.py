@@ -81,7 +81,7 @@ def _layer_norm_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ep
         from litesam_kernels.triton.layer_norm import layer_norm_forward
 
         acc = acc_dtype(x.dtype)
-        y, _, _ = layer_norm_forward(_flat(x), weight.to(acc).contiguous(), bias.to(acc).contiguous(), eps, acc)
+        y = layer_norm_forward(_flat(x), weight.to(acc).contiguous(), bias.to(acc).contiguous(), eps)
         return y.view(x.shape)
     return _layer_norm_reference(x, weight, bias, eps).contiguous()
 
@@ -96,13 +96,10 @@ def _layer_norm_fake(x, weight, bias, eps):
 def _layer_norm_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                             eps: float) -> List[torch.Tensor]:
     if x.numel() and _backend.choose(_LAYER_NORM, x.device) == "triton":
-        from litesam_kernels.triton.layer_norm import layer_norm_backward, layer_norm_forward
+        from litesam_kernels.triton.layer_norm import layer_norm_backward
 
-        acc = acc_dtype(x.dtype)
-        xf, w = _flat(x), weight.to(acc).contiguous()
-        # the statistics are recomputed (one extra read of x) rather than saved: no extra op outputs
-        _, mean, rstd = layer_norm_forward(xf, w, bias.to(acc).contiguous(), eps, acc)
-        dx, dw, db = layer_norm_backward(_flat(grad), xf, w, mean, rstd)
+        w = weight.to(acc_dtype(x.dtype)).contiguous()
+        dx, dw, db = layer_norm_backward(_flat(grad), _flat(x), w, eps)
         return [dx.view(x.shape), dw.to(weight.dtype), db.to(bias.dtype)]
     return _layer_norm_backward_reference(grad, x, weight, bias, eps)
 

@@ -1,7 +1,8 @@
 """LayerNorm over the channels of a channels-last tensor in Triton: rows of C contiguous values.
 
-Forward writes y and the per-row mean and 1/std (float32, saved for the backward). The backward writes dx
-and per-program partial sums of dweight and dbias (reduced by the launcher), never a full-size temporary.
+Forward writes y only. The backward reads whole rows of x
+anyway, so it recomputes the statistics itself (no saved state) and writes dx plus per-program partial sums
+of dweight and dbias (reduced by the launcher), never a full-size temporary.
 """
 import torch
 import triton
@@ -11,9 +12,8 @@ BLOCK_M = 16
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, C, eps,
-                           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    ACC = mean_ptr.dtype.element_ty
+def _layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, C, eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    ACC = w_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cs = tl.arange(0, BLOCK_C)
     r_ok = rows < M
@@ -29,14 +29,12 @@ def _layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, C,
     b = tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(ACC)
     y = xc * rstd[:, None] * w[None, :] + b[None, :]
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=m2)
-    tl.store(mean_ptr + rows, mean, mask=r_ok)
-    tl.store(rstd_ptr + rows, rstd, mask=r_ok)
 
 
 @triton.jit
-def _layer_norm_bwd_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, partial_ptr, M, C,
+def _layer_norm_bwd_kernel(g_ptr, x_ptr, w_ptr, dx_ptr, partial_ptr, M, C, eps,
                            BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    ACC = mean_ptr.dtype.element_ty
+    ACC = partial_ptr.dtype.element_ty
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cs = tl.arange(0, BLOCK_C)
@@ -46,10 +44,11 @@ def _layer_norm_bwd_kernel(g_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, part
     offs = rows.to(tl.int64)[:, None] * C + cs[None, :]
     x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)
     g = tl.load(g_ptr + offs, mask=m2, other=0.0).to(ACC)
-    mean = tl.load(mean_ptr + rows, mask=r_ok, other=0.0)
-    rstd = tl.load(rstd_ptr + rows, mask=r_ok, other=0.0)
+    mean = tl.sum(x, axis=1) / C
+    xc = tl.where(m2, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
     w = tl.load(w_ptr + cs, mask=c_ok, other=0.0).to(ACC)
-    xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
+    xhat = xc * rstd[:, None]
     gw = g * w[None, :]
     c1 = tl.sum(gw * xhat, axis=1) / C
     c2 = tl.sum(gw, axis=1) / C
@@ -64,33 +63,30 @@ def _block_c(c):
     return max(16, triton.next_power_of_2(c))
 
 
-def layer_norm_forward(x2d, weight, bias, eps, acc_dtype):
-    """x2d: (M, C) contiguous -> (y, mean, rstd)."""
+def layer_norm_forward(x2d, weight, bias, eps):
+    """x2d: (M, C) contiguous; weight, bias in the accumulation dtype -> y."""
     m, c = x2d.shape
     y = torch.empty_like(x2d)
-    mean = torch.empty(m, dtype=acc_dtype, device=x2d.device)
-    rstd = torch.empty(m, dtype=acc_dtype, device=x2d.device)
-    _layer_norm_fwd_kernel[(triton.cdiv(m, BLOCK_M),)](x2d, weight, bias, y, mean, rstd, m, c, eps,
+    _layer_norm_fwd_kernel[(triton.cdiv(m, BLOCK_M),)](x2d, weight, bias, y, m, c, eps,
                                                      BLOCK_M=BLOCK_M, BLOCK_C=_block_c(c), num_warps=4)
-    return y, mean, rstd
+    return y
 
 
-def layer_norm_backward(g2d, x2d, weight, mean, rstd):
-    """(dx, dweight, dbias) with dweight/dbias in the dtype of mean."""
+def layer_norm_backward(g2d, x2d, weight, eps):
+    """(dx, dweight, dbias) with dweight/dbias in the dtype of weight (the accumulation dtype)."""
     m, c = x2d.shape
     dx = torch.empty_like(x2d)
     grid = triton.cdiv(m, BLOCK_M)
-    partial = torch.empty(grid, 2, c, dtype=mean.dtype, device=x2d.device)
-    _layer_norm_bwd_kernel[(grid,)](g2d, x2d, weight, mean, rstd, dx, partial, m, c,
+    partial = torch.empty(grid, 2, c, dtype=weight.dtype, device=x2d.device)
+    _layer_norm_bwd_kernel[(grid,)](g2d, x2d, weight, dx, partial, m, c, eps,
                                     BLOCK_M=BLOCK_M, BLOCK_C=_block_c(c), num_warps=4)
     return dx, partial[:, 0].sum(0), partial[:, 1].sum(0)
 
 
 def _aot(dtype, c):
-    fwd = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": f"*{dtype}", "mean_ptr": "*fp32",
-           "rstd_ptr": "*fp32", "M": "i32", "C": "i32", "eps": "fp32", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
-    bwd = {"g_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": "*fp32", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
-           "dx_ptr": f"*{dtype}", "partial_ptr": "*fp32", "M": "i32", "C": "i32",
+    fwd = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": f"*{dtype}", "M": "i32", "C": "i32", "eps": "fp32", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
+    bwd = {"g_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": "*fp32", "dx_ptr": f"*{dtype}",
+           "partial_ptr": "*fp32", "M": "i32", "C": "i32", "eps": "fp32",
            "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
     const = {"BLOCK_M": BLOCK_M, "BLOCK_C": c}
     return [(_layer_norm_fwd_kernel, fwd, const, {"num_warps": 4}), (_layer_norm_bwd_kernel, bwd, const, {"num_warps": 4})]
