@@ -32,7 +32,7 @@ def _eager(x, scale, shift, sizes=(3, 5, 7)):
 class TestPoolMixer:
     @pytest.mark.parametrize("backend", runnable_backends(OP))
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-    @pytest.mark.parametrize("shape,sizes", [((2, 9, 11, 5), (3, 5, 7)), ((1, 3, 2, 40), (3, 5, 7)),
+    @pytest.mark.parametrize("shape,sizes", [((1, 7, 9, 5), (3, 5, 7)), ((1, 3, 2, 40), (3, 5, 7)),
                                              ((1, 6, 7, 3), (1, 3))])
     def test_forward_matches_model(self, backend, dtype, shape, sizes):
         x, scale, shift = _inputs(shape, dtype)
@@ -49,7 +49,7 @@ class TestPoolMixer:
 
     @pytest.mark.parametrize("backend", runnable_backends(OP))
     def test_backward_float32_matches_reference(self, backend):
-        x, scale, shift = _inputs((2, 8, 9, 6), torch.float32, requires_grad=True)
+        x, scale, shift = _inputs((2, 5, 9, 6), torch.float32, requires_grad=True)
         grad = torch.randn_like(x)
         with lk.use_backend(backend):
             got = torch.autograd.grad(pool_mixer(x, scale, shift), (x, scale, shift), grad)

@@ -89,7 +89,8 @@ def _pool_mixer_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, po
     if x.numel() and _backend.choose(_POOL_MIXER, x.device) == "triton":
         from litesam_kernels.triton.pool_mixer import pool_mixer_forward
 
-        return pool_mixer_forward(*_triton_args(x, scale, shift), pool_sizes)
+        xc, scale_c, _ = _triton_args(x, scale, shift)
+        return pool_mixer_forward(xc, scale_c, pool_sizes)
     return _pool_mixer_reference(x, scale, shift, pool_sizes).contiguous()
 
 
@@ -105,7 +106,8 @@ def _pool_mixer_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Te
     if x.numel() and _backend.choose(_POOL_MIXER, x.device) == "triton":
         from litesam_kernels.triton.pool_mixer import pool_mixer_backward
 
-        dx, dscale, dshift = pool_mixer_backward(grad.contiguous(), *_triton_args(x, scale, shift), pool_sizes)
+        xc, scale_c, _ = _triton_args(x, scale, shift)
+        dx, dscale, dshift = pool_mixer_backward(grad.contiguous(), xc, scale_c, pool_sizes)
         return [dx, dscale.to(scale.dtype), dshift.to(shift.dtype)]
     return _pool_mixer_backward_reference(grad, x, scale, shift, pool_sizes)
 
