@@ -91,8 +91,9 @@ def _conv_mlp_backward_reference(grad, x, w1, b1, w2, b2):
 
 
 def _grads(x, w1, b1, w2, b2, dx, x2d, g2d, h, da):
-    return [dx.to(x.dtype).contiguous(), (da.t() @ x2d).to(w1.dtype), da.sum(0).to(b1.dtype),
-            (g2d.t() @ h).to(w2.dtype), g2d.sum(0).to(b2.dtype)]
+    acc = acc_dtype(x.dtype)
+    return [dx.to(x.dtype).contiguous(), (da.t() @ x2d).to(w1.dtype), da.sum(0, dtype=acc).to(b1.dtype),
+            (g2d.t() @ h).to(w2.dtype), g2d.sum(0, dtype=acc).to(b2.dtype)]
 
 
 def _triton_args(x, w1, b1, w2, b2):
@@ -134,9 +135,8 @@ def _conv_mlp_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
         x2d, w1c, b1c, w2c, _ = _triton_args(x, w1, b1, w2, b2)
         g2d = grad.to(x.dtype).contiguous().view(x2d.shape)
         dx, h, da = conv_mlp_backward(g2d, x2d, w1c, b1c, w2c)
-        acc = acc_dtype(x.dtype)
-        return _grads(x, w1, b1, w2, b2, dx.view(x.shape), x2d.to(acc), g2d.to(acc), h.to(acc),
-                      da.to(acc))
+        # weight gradients: cuBLAS GEMMs in the activation dtype (fp32 accumulation), as eager fp16/bf16 does
+        return _grads(x, w1, b1, w2, b2, dx.view(x.shape), x2d, g2d, h, da)
     return _conv_mlp_backward_reference(grad, x, w1, b1, w2, b2)
 
 
