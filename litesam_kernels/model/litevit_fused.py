@@ -2,7 +2,8 @@
 
 Same parameters, same math as the eager modules in ``litevit.py`` (this file only reads them):
 - the activations stay channels-last (B, H, W, C) from the stem to the neck; the dense stride-2 convs of
-  the stem and the downsamplings stay cuDNN convolutions (run on channels-last views, no copies);
+  the stem and the downsamplings stay cuDNN convolutions (run on channels-last views, no copies) with their
+  BatchNorm folded into the conv in eval mode;
 - BatchNorm becomes a per-channel scale/shift folded into the fused op (:func:`bn_scale_shift`): running
   statistics in eval mode; batch statistics in training mode, computed differentiably in torch and with
   the running statistics updated as ``nn.BatchNorm2d`` does, so the fused path also trains;
@@ -32,11 +33,14 @@ def fused_path_enabled() -> bool:
     return _backend.forced_backend() != "reference"
 
 
+def _uses_running_stats(bn: nn.BatchNorm2d) -> bool:
+    return not bn.training and bn.track_running_stats and bn.running_mean is not None
+
+
 def bn_scale_shift(bn: nn.BatchNorm2d, x_nhwc: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) in float32 (float64 for float64 input) with ``bn(x) = x * scale + shift`` per channel."""
     acc = torch.float64 if x_nhwc.dtype == torch.float64 else torch.float32
-    use_batch = bn.training or not bn.track_running_stats or bn.running_mean is None
-    if use_batch:
+    if not _uses_running_stats(bn):
         xf = x_nhwc.to(acc)
         mean = xf.mean((0, 1, 2))
         var = xf.var((0, 1, 2), unbiased=False)
@@ -66,6 +70,18 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 def _linear_weight(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight[:, :, 0, 0]
+
+
+def conv_bn_act(module, x_nchw: torch.Tensor) -> torch.Tensor:
+    """The stem / downsampling ``ConvBNAct``: in eval mode the BatchNorm folds into the cuDNN conv (one pass
+    over the largest activations of the network saved); in training mode the module itself runs."""
+    if not _uses_running_stats(module.bn):
+        return module(x_nchw)
+    conv = module.conv
+    scale, shift = bn_scale_shift(module.bn, x_nchw)  # running statistics: only x's dtype is used
+    weight = (conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]).to(conv.weight.dtype)
+    y = F.conv2d(x_nchw, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+    return F.gelu(y) if isinstance(module.act, nn.GELU) else module.act(y)
 
 
 def pool_mixer_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -105,13 +121,16 @@ def neck(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def fused_forward(model, images: torch.Tensor) -> torch.Tensor:
     """``model(images)`` on the fused ops; the output is (B, out_channels, S/16, S/16) in channels-last memory."""
-    x = _nhwc(model.stem(images.contiguous(memory_format=torch.channels_last)))
+    x = images.contiguous(memory_format=torch.channels_last)
+    for layer in model.stem:
+        x = conv_bn_act(layer, x)
+    x = _nhwc(x)
     for block in model.stage1:
         x = pool_mixer_block(block, x)
-    x = _nhwc(model.down1(_nchw(x)))
+    x = _nhwc(conv_bn_act(model.down1, _nchw(x)))
     for block in model.stage2:
         x = pool_mixer_block(block, x)
-    x = _nhwc(model.down2(_nchw(x)))
+    x = _nhwc(conv_bn_act(model.down2, _nchw(x)))
     for block in model.stage3:
         x = attention_block(block, x)
     return _nchw(neck(model.neck, x))
