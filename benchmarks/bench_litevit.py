@@ -27,7 +27,6 @@ from litesam_kernels import use_backend
 from litesam_kernels.model import litevit_fused as fz
 from litesam_kernels.model.config import LiteViTConfig
 from litesam_kernels.model.litevit import AttentionBlock, LiteViT, PoolMixerBlock
-from litesam_kernels.ops.attention import multi_head_attention
 from litesam_kernels.ops.conv_block import dwconv_act, fold_batchnorm
 from litesam_kernels.ops.layer_norm import layer_norm2d
 

@@ -6,7 +6,7 @@ the input is the LayerNorm output and ``residual`` is the block input.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple  # noqa: F401
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -84,12 +84,14 @@ def layer_norm_backward(g2d, x2d, weight, eps):
 
 
 def _aot(dtype, c):
-    fwd = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": f"*{dtype}", "M": "i32", "C": "i32", "eps": "fp32", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
+    fwd = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": f"*{dtype}", "M": "i32", "C": "i32",
+           "eps": "fp32", "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
     bwd = {"g_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": "*fp32", "dx_ptr": f"*{dtype}",
            "partial_ptr": "*fp32", "M": "i32", "C": "i32", "eps": "fp32",
            "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"}
     const = {"BLOCK_M": BLOCK_M, "BLOCK_C": c}
-    return [(_layer_norm_fwd_kernel, fwd, const, {"num_warps": 4}), (_layer_norm_bwd_kernel, bwd, const, {"num_warps": 4})]
+    return [(_layer_norm_fwd_kernel, fwd, const, {"num_warps": 4}),
+            (_layer_norm_bwd_kernel, bwd, const, {"num_warps": 4})]
 
 
 # For the sm_90a AOT check in CI: (kernel, signature, constexprs, options).
