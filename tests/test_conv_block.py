@@ -23,7 +23,7 @@ def _inputs(shape, k, dtype, requires_grad=False):
 
 class TestDWConvAct:
     @pytest.mark.parametrize("backend", runnable_backends(OP))
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("k,shape", [(3, (2, 5, 9, 6)), (7, (1, 6, 5, 20))])
     def test_matches_model_block(self, backend, dtype, k, shape):
         c = shape[-1]

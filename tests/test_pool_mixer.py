@@ -31,7 +31,7 @@ def _eager(x, scale, shift, sizes=(3, 5, 7)):
 
 class TestPoolMixer:
     @pytest.mark.parametrize("backend", runnable_backends(OP))
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("shape,sizes", [((1, 7, 9, 5), (3, 5, 7)), ((1, 3, 2, 40), (3, 5, 7)),
                                              ((1, 6, 7, 3), (1, 3))])
     def test_forward_matches_model(self, backend, dtype, shape, sizes):
