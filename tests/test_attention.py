@@ -116,6 +116,8 @@ class TestKVPool2d:
             kv_pool2d(torch.randn(1, 4, 4, 2), ())
         with pytest.raises(ValueError, match="x"):
             kv_pool2d(torch.randn(4, 4, 2), (2,))
+        with pytest.raises(ValueError, match="H >= 1"):
+            kv_pool2d(torch.randn(1, 0, 4, 2), (2,))
 
     @pytest.mark.parametrize("backend", runnable_backends(POOL))
     def test_opcheck(self, backend):

@@ -64,7 +64,7 @@ def kv_pool2d(x: torch.Tensor, pool_sizes: Sequence[int] = (2, 4)) -> torch.Tens
         ``(B, sum_s ceil(H/s) * ceil(W/s), C)`` contiguous, dtype of ``x``.
     """
     sizes = _check_pool_sizes(pool_sizes)
-    check_nhwc("x", x)
+    _check_pool_input(x)
     return torch.ops.litesam.kv_pool2d(x, sizes)
 
 
@@ -112,6 +112,12 @@ def _check_attention(q, k, v, scale) -> None:
                          f"got {tuple(k.shape)} and {tuple(v.shape)}")
     check_same_device("q", q, k=k, v=v)
     check_real("scale", scale, low=1e-30)
+
+
+def _check_pool_input(x) -> None:
+    check_nhwc("x", x)
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"x must have H >= 1 and W >= 1 (every pool needs a cell), got shape {tuple(x.shape)}")
 
 
 def _check_pool_sizes(pool_sizes) -> List[int]:
@@ -228,7 +234,7 @@ _attention_op.register_autograd(_attention_backward, setup_context=_attention_se
 
 @torch.library.custom_op("litesam::kv_pool2d", mutates_args=())
 def _kv_pool_op(x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
-    check_nhwc("x", x)
+    _check_pool_input(x)
     _check_pool_sizes(pool_sizes)
     if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
         from litesam_kernels.triton.attention import kv_pool_forward
@@ -243,7 +249,7 @@ def _pooled_length(h, w, sizes):
 
 @_kv_pool_op.register_fake
 def _kv_pool_fake(x, pool_sizes):
-    check_nhwc("x", x)
+    _check_pool_input(x)
     b, h, w, c = x.shape
     return x.new_empty((b, _pooled_length(h, w, pool_sizes), c))
 
