@@ -171,9 +171,10 @@ class LiteViT(nn.Module):
 
     stride = 16
 
-    def __init__(self, config: LiteViTConfig = LiteViTConfig()) -> None:
+    def __init__(self, config: LiteViTConfig = LiteViTConfig(), fused: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.fused = fused  # forward on the fused channels-last ops (litevit_fused.py), same parameters
         c1, c2, c3 = config.stage_channels
         d1, d2, d3 = config.stage_depths
         s1, s2 = config.stem_channels
@@ -194,6 +195,11 @@ class LiteViT(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            from litesam_kernels.model import litevit_fused
+
+            if litevit_fused.fused_path_enabled():
+                return litevit_fused.fused_forward(self, images)
         x = self.stem(images)
         x = self.stage1(x)
         x = self.stage2(self.down1(x))

@@ -8,6 +8,12 @@ from litesam_kernels.ops.rle import area_from_rle, coco_encode_rle, mask_to_rle,
 from litesam_kernels.ops.small_regions import connected_components, remove_small_regions
 # AutoPPN prompt decoding.
 from litesam_kernels.ops.ppn_decode import PPNPrompts, ppn_decode
+# LiteViT blocks (channels-last, forward and backward).
+from litesam_kernels.ops.attention import kv_pool2d, multi_head_attention, pooled_kv_attention
+from litesam_kernels.ops.conv_block import dwconv_act, fold_batchnorm
+from litesam_kernels.ops.conv_mlp import conv_mlp, fold_batchnorm_into_linear
+from litesam_kernels.ops.layer_norm import layer_norm2d
+from litesam_kernels.ops.pool_mixer import pool_mixer
 
 __all__ = [
     "PPNPrompts",
@@ -16,12 +22,21 @@ __all__ = [
     "batched_nms",
     "coco_encode_rle",
     "connected_components",
+    "conv_mlp",
+    "dwconv_act",
+    "fold_batchnorm",
+    "fold_batchnorm_into_linear",
+    "kv_pool2d",
+    "layer_norm2d",
     "mask_iou",
     "mask_nms",
     "mask_to_rle",
     "masks_to_boxes",
     "matrix_nms",
+    "multi_head_attention",
     "nms",
+    "pool_mixer",
+    "pooled_kv_attention",
     "postprocess_masks",
     "ppn_decode",
     "remove_small_regions",

@@ -1,0 +1,282 @@
+"""Pooled-KV attention of LiteViT's attention stage, channels-last, as two fused ops and their composition.
+
+- :func:`kv_pool2d`: the key/value sources, ``(B, H, W, C)`` -> ``(B, sum_s ceil(H/s) ceil(W/s), C)``:
+  average pools of stride = size ``s`` (ceil mode, partial windows averaged over their cells inside the
+  image), token order row-major per scale, scales concatenated (``PooledKVAttention.pooled_tokens``).
+- :func:`multi_head_attention`: ``softmax(q k^T * scale) v`` per head over token-major ``(B, L, heads, D)``
+  tensors (a linear layer's output viewed as heads: no transposes), flash-style: online softmax, no
+  ``Lq x Lk`` matrix in memory, fp32 accumulation.
+- :func:`pooled_kv_attention`: ``residual + proj(MHA(Wq t, Wkv kv_pool2d(t)))``: LiteViT's
+  ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``.
+
+Pooling happens before the K/V projection, not inside the attention kernel's K/V load: average pooling
+commutes with the affine projection, and projecting the pooled tokens (HW/4 + HW/16 of them) costs 3.2x
+fewer FLOPs and bytes than projecting all HW tokens and pooling K/V on the fly.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from litesam_kernels import _backend
+from litesam_kernels._checks import check_real, check_same_device, check_tensor
+from litesam_kernels.ops._dense import DTYPES, acc_dtype, check_nhwc
+
+_ATTENTION = _backend.register(_backend.OpImplementations("multi_head_attention", has_triton=True))
+_KV_POOL = _backend.register(_backend.OpImplementations("kv_pool2d", has_triton=True))
+HEAD_DIMS = (16, 32, 64, 128)
+MAX_POOL = 8
+
+
+# ------------------------------------------------------------------------------------------ public API
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    """Multi-head softmax attention on token-major tensors (no mask, no dropout).
+
+    Args:
+        q: ``(B, Lq, heads, D)``; k, v: ``(B, Lk, heads, D)``; one dtype among float16/bfloat16/float32/
+            float64, one device; D in (16, 32, 64, 128); Lk >= 1. Any strides (the last dim is made
+            contiguous if it is not): ``linear(x).view(B, L, heads, D)`` and slices of a fused KV projection
+            are read in place.
+        scale: the logit scale, default ``1 / sqrt(D)``; > 0.
+
+    Returns:
+        ``(B, Lq, heads, D)`` contiguous, dtype of ``q``: ``softmax(q k^T * scale, over Lk) v`` per head.
+
+    Raises:
+        TypeError / ValueError for bad types, shapes, devices or scale.
+    """
+    scale = _scale(q, scale)
+    _check_attention(q, k, v, scale)
+    return torch.ops.litesam.multi_head_attention(q, k, v, scale)[0]
+
+
+def kv_pool2d(x: torch.Tensor, pool_sizes: Sequence[int] = (2, 4)) -> torch.Tensor:
+    """Multi-scale average pooling of a ``(B, H, W, C)`` tensor into key/value source tokens.
+
+    Args:
+        x: ``(B, H, W, C)`` float16/bfloat16/float32/float64.
+        pool_sizes: 1 to 3 window sizes in [1, 8]; window = stride, ceil mode.
+
+    Returns:
+        ``(B, sum_s ceil(H/s) * ceil(W/s), C)`` contiguous, dtype of ``x``.
+    """
+    sizes = _check_pool_sizes(pool_sizes)
+    _check_pool_input(x)
+    return torch.ops.litesam.kv_pool2d(x, sizes)
+
+
+def pooled_kv_attention(x_norm: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor, wkv: torch.Tensor,
+                        bkv: torch.Tensor, wproj: torch.Tensor, bproj: torch.Tensor, num_heads: int,
+                        kv_pool_sizes: Sequence[int] = (2, 4), residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[residual +] proj(MHA(q = Wq t, k|v = Wkv kv_pool2d(t)))`` for ``t = x_norm`` of shape (B, H, W, C).
+
+    Weights as in ``nn.Linear`` (``wq (C, C)``, ``wkv (2C, C)`` with K rows first, ``wproj (C, C)``).
+    The projections are cuBLAS GEMMs on channels-last tokens; pooling and attention are the fused ops.
+    """
+    check_nhwc("x_norm", x_norm)
+    b, h, w, c = x_norm.shape
+    if num_heads < 1 or c % num_heads:
+        raise ValueError(f"num_heads must divide the {c} channels of x_norm, got {num_heads}")
+    d = c // num_heads
+    q = F.linear(x_norm, wq, bq).view(b, h * w, num_heads, d)
+    kv = F.linear(kv_pool2d(x_norm, kv_pool_sizes), wkv, bkv).view(b, -1, 2, num_heads, d)
+    o = multi_head_attention(q, kv[:, :, 0], kv[:, :, 1]).view(b, h, w, c)
+    if residual is None:
+        return F.linear(o, wproj, bproj)
+    return torch.addmm(bproj, o.view(-1, c), wproj.t()).view(b, h, w, c) + residual
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _scale(q, scale) -> float:
+    if scale is None:
+        if not isinstance(q, torch.Tensor) or q.dim() != 4:
+            check_tensor("q", q, dim=4, expected="(B, Lq, heads, D)")
+        return 1.0 / math.sqrt(q.shape[-1])
+    return check_real("scale", scale, low=1e-30)
+
+
+def _check_attention(q, k, v, scale) -> None:
+    check_tensor("q", q, dim=4, dtypes=DTYPES, expected="(B, Lq, heads, D)")
+    b, _, nh, d = q.shape
+    if d not in HEAD_DIMS:
+        raise ValueError(f"q must have a head dim in {HEAD_DIMS}, got {d}")
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, dim=4, expected="(B, Lk, heads, D)")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    if k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (nh, d) or k.shape[1] < 1:
+        raise ValueError(f"k and v must both have shape (B={b}, Lk>=1, heads={nh}, D={d}), "
+                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
+    check_same_device("q", q, k=k, v=v)
+    check_real("scale", scale, low=1e-30)
+
+
+def _check_pool_input(x) -> None:
+    check_nhwc("x", x)
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"x must have H >= 1 and W >= 1 (every pool needs a cell), got shape {tuple(x.shape)}")
+
+
+def _check_pool_sizes(pool_sizes) -> List[int]:
+    sizes = list(pool_sizes) if isinstance(pool_sizes, (list, tuple)) else None
+    if (not sizes or len(sizes) > 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes)
+            or any(not 1 <= s <= MAX_POOL for s in sizes)):
+        raise ValueError(f"pool_sizes must be 1 to 3 integers in [1, {MAX_POOL}], got {pool_sizes!r}")
+    return sizes
+
+
+# ------------------------------------------------------------------------------------------ references
+def _attention_reference(q, k, v, scale):
+    """Full-matrix softmax attention in the accumulation dtype: (out, logsumexp (B, heads, Lq))."""
+    acc = acc_dtype(q.dtype)
+    qf, kf, vf = (t.to(acc).transpose(1, 2) for t in (q, k, v))
+    logits = qf @ kf.transpose(-1, -2) * scale
+    lse = torch.logsumexp(logits, -1)
+    out = torch.exp(logits - lse[..., None]) @ vf
+    return out.transpose(1, 2).to(q.dtype).contiguous(), lse
+
+
+def _attention_backward_reference(grad, q, k, v, scale):
+    acc = acc_dtype(q.dtype)
+    qf, kf, vf, g = (t.to(acc).transpose(1, 2) for t in (q, k, v, grad))
+    p = torch.softmax(qf @ kf.transpose(-1, -2) * scale, -1)
+    dv = p.transpose(-1, -2) @ g
+    dp = g @ vf.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    dq, dk = ds @ kf * scale, ds.transpose(-1, -2) @ qf * scale
+    return [t.transpose(1, 2).to(q.dtype).contiguous() for t in (dq, dk, dv)]
+
+
+def _kv_pool_reference(x, sizes):
+    acc = acc_dtype(x.dtype)
+    nchw = x.to(acc).permute(0, 3, 1, 2)
+    pools = [F.avg_pool2d(nchw, s, s, ceil_mode=True).flatten(2) for s in sizes]
+    return torch.cat(pools, 2).transpose(1, 2).to(x.dtype).contiguous()
+
+
+def _kv_pool_backward_reference(grad, x, sizes):
+    acc = acc_dtype(x.dtype)
+    b, h, w, c = x.shape
+    dx = torch.zeros(b, c, h, w, dtype=acc, device=x.device)
+    ones = torch.ones(1, 1, h, w, dtype=acc, device=x.device)
+    t0 = 0
+    for s in sizes:
+        ho, wo = -(-h // s), -(-w // s)
+        count = F.avg_pool2d(ones, s, s, ceil_mode=True, divisor_override=1)
+        g = grad[:, t0:t0 + ho * wo].to(acc).transpose(1, 2).reshape(b, c, ho, wo) / count
+        dx += g.repeat_interleave(s, 2).repeat_interleave(s, 3)[:, :, :h, :w]
+        t0 += ho * wo
+    return dx.permute(0, 2, 3, 1).to(x.dtype).contiguous()
+
+
+# ------------------------------------------------------------------------------------------ custom ops
+def _last_dim_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("litesam::multi_head_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> List[torch.Tensor]:
+    """Returns [out, logsumexp]: the second is the backward's private state (log2 units on Triton)."""
+    _check_attention(q, k, v, scale)
+    if q.numel() and _backend.choose(_ATTENTION, q.device) == "triton":
+        from litesam_kernels.triton.attention import attention_forward
+
+        return list(attention_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale))
+    out, lse = _attention_reference(q, k, v, scale)
+    return [out, lse]
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, scale):
+    _check_attention(q, k, v, scale)
+    b, lq, nh, _ = q.shape
+    return [torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((b, nh, lq), dtype=acc_dtype(q.dtype))]
+
+
+@torch.library.custom_op("litesam::multi_head_attention_backward", mutates_args=())
+def _attention_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                           lse: torch.Tensor, scale: float) -> List[torch.Tensor]:
+    if q.numel() and _backend.choose(_ATTENTION, q.device) == "triton":
+        from litesam_kernels.triton.attention import attention_backward
+
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        return list(attention_backward(grad, q, k, v, out, lse, scale))
+    return _attention_backward_reference(grad, q, k, v, scale)
+
+
+@_attention_backward_op.register_fake
+def _attention_backward_fake(grad, q, k, v, out, lse, scale):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+
+
+def _attention_backward(ctx, grads):
+    q, k, v, out, lse = ctx.saved_tensors
+    grad_out = grads[0]  # the logsumexp output is private state: its gradient is ignored
+    if grad_out is None:
+        return None, None, None, None
+    dq, dk, dv = torch.ops.litesam.multi_head_attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+_attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+@torch.library.custom_op("litesam::kv_pool2d", mutates_args=())
+def _kv_pool_op(x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
+    _check_pool_input(x)
+    _check_pool_sizes(pool_sizes)
+    if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
+        from litesam_kernels.triton.attention import kv_pool_forward
+
+        return kv_pool_forward(x.contiguous(), pool_sizes)
+    return _kv_pool_reference(x, pool_sizes)
+
+
+def _pooled_length(h, w, sizes):
+    return sum(-(-h // s) * -(-w // s) for s in sizes)
+
+
+@_kv_pool_op.register_fake
+def _kv_pool_fake(x, pool_sizes):
+    _check_pool_input(x)
+    b, h, w, c = x.shape
+    return x.new_empty((b, _pooled_length(h, w, pool_sizes), c))
+
+
+@torch.library.custom_op("litesam::kv_pool2d_backward", mutates_args=())
+def _kv_pool_backward_op(grad: torch.Tensor, x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
+    if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
+        from litesam_kernels.triton.attention import kv_pool_backward
+
+        return kv_pool_backward(grad.contiguous(), tuple(x.shape), pool_sizes)
+    return _kv_pool_backward_reference(grad, x, pool_sizes)
+
+
+@_kv_pool_backward_op.register_fake
+def _kv_pool_backward_fake(grad, x, pool_sizes):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _kv_pool_setup(ctx, inputs, output):
+    x, pool_sizes = inputs
+    ctx.save_for_backward(x)
+    ctx.pool_sizes = pool_sizes
+
+
+def _kv_pool_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.litesam.kv_pool2d_backward(grad, x, ctx.pool_sizes), None
+
+
+_kv_pool_op.register_autograd(_kv_pool_backward, setup_context=_kv_pool_setup)
