@@ -18,8 +18,8 @@ from typing import List
 import numpy as np
 import torch
 
-from benchmarks.harness import Implementation, Row, compare
-from litesam_kernels import _backend, ops, use_backend
+from benchmarks.harness import Implementation, Row, backend_implementations, compare
+from litesam_kernels import ops
 from litesam_kernels.ops.bitmask import pack_masks
 
 GPU_CASES = ((1000, 256, 256), (3072, 256, 256), (1000, 1024, 1024))
@@ -95,20 +95,12 @@ def dense_matmul_matrix_nms(masks: torch.Tensor, scores: torch.Tensor, sigma: fl
 
 
 def _backend_impls(op_name: str, device: torch.device, pixels: int, call) -> List[Implementation]:
-    impls = []
-    for backend in _backend.BACKENDS:
-        reason = _backend.why_not(backend, _backend.implementations(op_name), device)
-        if backend == "triton" and device.type != "cuda":
-            reason = reason or "the Triton interpreter is a test tool, not a CPU backend"
+    def not_timed(backend: str):
         if backend == "reference" and pixels > REFERENCE_MAX_PIXELS:
-            reason = reason or "reference is a dense float64 matmul and a Python loop: timed only on small cases"
+            return "reference is a dense float64 matmul and a Python loop: timed only on small cases"
+        return None
 
-        def fn(backend=backend):
-            with use_backend(backend):
-                return call()
-
-        impls.append(Implementation(f"litesam-{backend}", fn, reason))
-    return impls
+    return backend_implementations(op_name, device, call, not_timed=not_timed)
 
 
 def run(device: torch.device, quick: bool = False) -> List[Row]:

@@ -9,8 +9,8 @@ from typing import List
 
 import torch
 
-from benchmarks.harness import Implementation, Row, compare
-from litesam_kernels import _backend, ops, use_backend
+from benchmarks.harness import Implementation, Row, backend_implementations, compare
+from litesam_kernels import ops
 
 GPU_SIZES = (1_000, 4_000, 16_000, 64_000)
 CPU_SIZES = (1_000, 4_000)
@@ -28,21 +28,13 @@ def make_inputs(n: int, device: torch.device, seed: int = 0):
     return boxes.to(device), scores.to(device), classes.to(device)
 
 
-def _implementations(device: torch.device, n: int, call) -> List[Implementation]:
-    impls = []
-    for backend in _backend.BACKENDS:
-        if device.type != "cuda" and backend in ("cuda", "triton"):
-            continue  # GPU backends (the Triton interpreter is a test tool, not a CPU backend)
-        reason = _backend.why_not(backend, _backend.implementations("batched_nms"), device)
+def _too_slow(n: int):
+    def reason(backend: str):
         if backend == "reference" and n > REFERENCE_MAX_N:
-            reason = reason or f"reference is a per-box Python loop; timed only up to N={REFERENCE_MAX_N}"
+            return f"reference is a per-box Python loop; timed only up to N={REFERENCE_MAX_N}"
+        return None
 
-        def fn(backend=backend):
-            with use_backend(backend):
-                return call()
-
-        impls.append(Implementation(f"litesam-{backend}", fn, reason))
-    return impls
+    return reason
 
 
 def run(device: torch.device, quick: bool = False) -> List[Row]:
@@ -62,7 +54,7 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
         ):
             rows += compare(
                 op, f"N={n}" + (f", {NUM_CLASSES} classes" if op == "batched_nms" else ""), boxes.dtype, device,
-                Implementation("torchvision", baseline_fn), _implementations(device, n, ours),
+                Implementation("torchvision", baseline_fn), backend_implementations("batched_nms", device, ours, not_timed=_too_slow(n)),
                 matches=torch.equal, note="iou_threshold=0.5",
             )
     return rows

@@ -11,8 +11,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Implementation, Row, compare
-from litesam_kernels import _backend, ops, use_backend
+from benchmarks.harness import Implementation, Row, backend_implementations, compare
+from litesam_kernels import ops
 
 GPU_BATCHES = (1, 8, 32)
 CPU_BATCHES = (1, 8)
@@ -57,20 +57,13 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     if quick:
         batches = batches[:1]
     rows: List[Row] = []
-    op = _backend.implementations("ppn_decode")
     for batch in batches:
         heat, distances = make_inputs(batch, device)
-        impls = []
-        for backend in ("triton", "reference"):
-            reason = _backend.why_not(backend, op, device)
-            if backend == "triton" and device.type != "cuda":
-                reason = reason or "the Triton interpreter is a test tool, not a CPU backend"
-
-            def fn(backend=backend):
-                with use_backend(backend):
-                    return ops.ppn_decode(heat, distances, k=K, score_threshold=THRESHOLD, stride=STRIDE)
-
-            impls.append(Implementation(f"litesam-{backend}", fn, reason))
+        impls = backend_implementations(
+            "ppn_decode", device,
+            lambda: ops.ppn_decode(heat, distances, k=K, score_threshold=THRESHOLD, stride=STRIDE),
+            backends=("triton", "reference"),
+        )
         rows += compare(
             "ppn_decode", f"B={batch}, {GRID}x{GRID}, K={K}", heat.dtype, device,
             Implementation("eager-torch", lambda: eager_ppn_decode(heat, distances, K, THRESHOLD, STRIDE)),

@@ -8,8 +8,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Implementation, Row, compare
-from litesam_kernels import _backend, ops, use_backend
+from benchmarks.harness import Implementation, Row, backend_implementations, compare
+from litesam_kernels import ops
 from litesam_kernels.ops.bitmask import pack_masks
 
 GPU_SHAPE = (192, 1024, 1024)
@@ -28,23 +28,9 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     n, height, width = GPU_SHAPE if device.type == "cuda" else CPU_SHAPE
     masks = make_masks(n, height, width, device)
     packed = pack_masks(masks)
-    op = _backend.implementations("mask_to_rle")
-    impls = []
-    for backend in _backend.BACKENDS:
-        reason = _backend.why_not(backend, op, device)
-        if backend == "triton" and device.type != "cuda":
-            reason = reason or "the Triton interpreter is a test tool, not a CPU backend"
-
-        def bool_fn(backend=backend):
-            with use_backend(backend):
-                return ops.mask_to_rle(masks)
-
-        def packed_fn(backend=backend):
-            with use_backend(backend):
-                return ops.mask_to_rle(packed, width=width)
-
-        impls += [Implementation(f"litesam-{backend}", bool_fn, reason),
-                  Implementation(f"litesam-{backend} (packed)", packed_fn, reason)]
+    impls = backend_implementations("mask_to_rle", device, lambda: ops.mask_to_rle(masks))
+    impls += backend_implementations("mask_to_rle", device, lambda: ops.mask_to_rle(packed, width=width),
+                                     label=" (packed)")
     return compare("mask_to_rle", f"{n}x{height}x{width}", masks.dtype, device,
                    Implementation("segment_anything", lambda: mask_to_rle_pytorch(masks)), impls,
                    matches=lambda a, b: a == b)

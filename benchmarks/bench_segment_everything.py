@@ -19,7 +19,6 @@ The note of each row gives ms/image and images/s.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import List
 
 import numpy as np

@@ -9,8 +9,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Implementation, Row, compare
-from litesam_kernels import _backend, ops, use_backend
+from benchmarks.harness import Implementation, Row, backend_implementations, compare
+from litesam_kernels import ops
 
 GPU_CASES = ((64, 1024, 1024), (256, 1024, 1024))
 CPU_CASES = ((16, 256, 256),)
@@ -51,20 +51,13 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     if quick:
         cases = cases[:1]
     rows: List[Row] = []
-    op = _backend.implementations("remove_small_regions")
     for n, h, w in cases:
         masks = make_masks(n, h, w, device)
-        impls = []
-        for backend in _backend.BACKENDS:
-            reason = _backend.why_not(backend, op, device)
-            if backend == "reference" and device.type != "cuda":
-                reason = reason or "the reference is a label-propagation loop: not timed on CPU"
-
-            def fn(backend=backend):
-                with use_backend(backend):
-                    return _ours(masks)
-
-            impls.append(Implementation(f"litesam-{backend}", fn, reason))
+        impls = backend_implementations(
+            "remove_small_regions", device, lambda: _ours(masks),
+            not_timed=lambda backend: ("the reference is a label-propagation loop: not timed on CPU"
+                                       if backend == "reference" and device.type != "cuda" else None),
+        )
         rows += compare("remove_small_regions", f"{n}x{h}x{w}, holes+islands, area<{AREA}", torch.bool, device,
                         Implementation("segment_anything (cv2, per mask)", lambda: _segment_anything(masks)),
                         impls, matches=_matches)

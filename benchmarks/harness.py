@@ -92,6 +92,35 @@ class Implementation:
     skip_reason: Optional[str] = None
 
 
+def backend_implementations(
+    op_name: str,
+    device: torch.device,
+    call: Callable[[], object],
+    *,
+    label: str = "",
+    not_timed: Optional[Callable[[str], Optional[str]]] = None,
+    backends: Sequence[str] = ("cuda", "triton", "cpu", "reference"),
+) -> List[Implementation]:
+    """One row per backend of ``op_name``: ``call()`` run under ``use_backend(backend)``, skipped with the
+    reason where that backend cannot run on ``device``. The Triton interpreter is never timed (it is a test
+    tool), and ``not_timed(backend)`` may name a reason to skip a backend (e.g. a reference too slow here)."""
+    from litesam_kernels import _backend, use_backend
+
+    op = _backend.implementations(op_name)
+    impls = []
+    for backend in backends:
+        if device.type != "cuda" and backend in ("cuda", "triton"):
+            continue
+        reason = _backend.why_not(backend, op, device) or (not_timed(backend) if not_timed else None)
+
+        def fn(backend=backend):
+            with use_backend(backend):
+                return call()
+
+        impls.append(Implementation(f"litesam-{backend}{label}", fn, reason))
+    return impls
+
+
 def compare(
     op: str,
     shape: str,

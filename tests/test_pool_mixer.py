@@ -1,7 +1,6 @@
 """pool_mixer: every backend against the reference (= LiteViT's eager MultiScalePool on BN(x)), gradients."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import litesam_kernels as lk
 from litesam_kernels import _backend

@@ -29,7 +29,6 @@ Every block is its own ``nn.Module`` (``ConvBNAct``, ``MultiScalePool``, ``ConvM
 """
 from __future__ import annotations
 
-import math
 from typing import List, Sequence, Tuple
 
 import torch
