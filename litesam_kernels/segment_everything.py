@@ -12,9 +12,9 @@ Pipeline (``ARCHITECTURE.md``, "Data flow of SegEvery"), all on the model's devi
    inclusive box, area, bit-packed mask (``ops.bitmask`` layout);
 5. filtering by predicted IoU (``>``) and stability (``>=``) as SAM does, then NMS per image, scores =
    predicted IoU: box NMS (``ops.batched_nms``, SAM's) or mask NMS on the packed masks (``ops.mask_nms``);
-6. the kept masks stay packed: ``ops.mask_to_rle`` runs on them (run lengths found on the device, one bulk
-   transfer per image size) or, for binary masks, they cross packed (1 bit per pixel); every other field
-   crosses in one device-to-host copy; the records are assembled on the host.
+6. the kept masks stay packed: ``mask_to_rle``'s device half runs on them (run lengths found on the device)
+   or, for binary masks, they cross packed (1 bit per pixel); run lengths and every other field cross in
+   one device-to-host copy; the records are assembled on the host.
 
 Host synchronisation: only for output sizes (the number of candidates passing the thresholds, the NMS keep
 count, the kept count per image, the RLE size) and the transfers of step 6.
@@ -41,9 +41,9 @@ import torch.nn.functional as F
 
 from litesam_kernels._backend import BACKENDS, use_backend
 from litesam_kernels._checks import check_real
-from litesam_kernels.ops import (batched_nms, coco_encode_rle, mask_nms, mask_to_rle, postprocess_masks, ppn_decode,
-                                 rle_to_mask)
+from litesam_kernels.ops import batched_nms, coco_encode_rle, mask_nms, postprocess_masks, ppn_decode, rle_to_mask
 from litesam_kernels.ops.bitmask import unpack_masks
+from litesam_kernels.ops.rle import rles_from_counts
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 PROMPT_MODES = ("box", "point", "point+box")
@@ -298,13 +298,13 @@ class SegmentEverything:
         }
         masks = _gather_packed(candidates, kept, kept_image)
         groups = _size_groups(images)
-        rles: Dict[Tuple[int, int], List[Dict[str, Any]]] = {}
         for size, members in groups.items():
             group = torch.cat([masks[i] for i in members])
             if self.output_mode == "binary_mask":
                 fields[f"packed{size}"] = group
             elif group.shape[0]:
-                rles[size] = mask_to_rle(group, width=size[1])  # one bulk transfer per image size
+                # Run lengths found on the device; they cross with every other field in one copy.
+                fields[f"rle_counts{size}"], fields[f"rle_lengths{size}"] = torch.ops.litesam.mask_to_rle_counts(group, size[1])
         host = to_host_once(fields)
         segmentations = [[] for _ in images]
         for size, members in groups.items():
@@ -312,7 +312,8 @@ class SegmentEverything:
                 # Mask by mask: unpacking goes through 32 bits per pixel, so bound it to one mask.
                 group = [unpack_masks(torch.from_numpy(packed), size[1]).numpy() for packed in host[f"packed{size}"]]
             else:
-                group = rles.get(size, [])
+                group = (rles_from_counts(host[f"rle_counts{size}"], host[f"rle_lengths{size}"], *size)
+                         if f"rle_counts{size}" in host else [])
                 if self.output_mode == "coco_rle":
                     group = [coco_encode_rle(rle) for rle in group]
             for i in members:
@@ -356,7 +357,7 @@ def _padded_cat(masks: List[torch.Tensor]) -> torch.Tensor:
 
 
 def _size_groups(images: List[torch.Tensor]) -> Dict[Tuple[int, int], List[int]]:
-    """Image indices by (H, W): the masks of one group go through one ``mask_to_rle`` call."""
+    """Image indices by (H, W): the masks of one group go through one ``mask_to_rle_counts`` call."""
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, image in enumerate(images):
         groups.setdefault((int(image.shape[0]), int(image.shape[1])), []).append(i)

@@ -41,16 +41,21 @@ def mask_to_rle(masks: torch.Tensor, *, width: int | None = None) -> List[Dict[s
         TypeError: wrong dtype. ValueError: not 3-D, ``width`` missing/inconsistent.
     """
     _check_rle_input(masks, width)
-    height = masks.shape[1]
-    mask_width = masks.shape[2] if width is None else width
     counts, lengths = torch.ops.litesam.mask_to_rle_counts(masks, width)
     host = torch.cat([lengths, counts]).cpu().numpy()  # the one bulk device-to-host transfer
     n = masks.shape[0]
-    flat = host[n:].tolist()
-    ends = np.cumsum(host[:n]).tolist()
+    return rles_from_counts(host[n:], host[:n], masks.shape[1], masks.shape[2] if width is None else width)
+
+
+def rles_from_counts(counts, lengths, height: int, width: int) -> List[Dict[str, Any]]:
+    """The host half of :func:`mask_to_rle`: RLE dicts from ``torch.ops.litesam.mask_to_rle_counts``'s
+    ``(counts, lengths)`` once they are on the host (numpy arrays or CPU tensors). For callers that fold
+    the counts into a larger single device-to-host copy (``segment_everything``)."""
+    flat = np.asarray(counts).tolist()
+    ends = np.cumsum(np.asarray(lengths)).tolist()
     out, start = [], 0
     for end in ends:
-        out.append({"size": [height, mask_width], "counts": flat[start:end]})
+        out.append({"size": [int(height), int(width)], "counts": flat[start:end]})
         start = end
     return out
 
