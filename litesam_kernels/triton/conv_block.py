@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _tiles as tiles
+
 BLOCK_W = 32
 
 
@@ -17,15 +19,7 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, W, C, K: tl.constexpr, A
                        RESIDUAL: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC = w_ptr.dtype.element_ty
     R: tl.constexpr = K // 2
-    pid_w = tl.program_id(0)
-    bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    h = bh % H
-    ws = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    w_ok = ws < W
-    c_ok = cs < C
-    row_base = bh.to(tl.int64) * W
+    h, ws, cs, w_ok, c_ok, row_base = tiles.nhwc_row_tile(H, W, C, BLOCK_W, BLOCK_C)
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=ACC)
     for ky in tl.static_range(0, K):
         hh = h + ky - R
@@ -54,15 +48,7 @@ def _dwconv_grad_pre_kernel(x_ptr, w_ptr, b_ptr, g_ptr, gu_ptr, partial_ptr, H, 
                             ACT: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC = w_ptr.dtype.element_ty
     R: tl.constexpr = K // 2
-    pid_w = tl.program_id(0)
-    bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    h = bh % H
-    ws = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    w_ok = ws < W
-    c_ok = cs < C
-    row_base = bh.to(tl.int64) * W
+    h, ws, cs, w_ok, c_ok, row_base = tiles.nhwc_row_tile(H, W, C, BLOCK_W, BLOCK_C)
     m2 = w_ok[:, None] & c_ok[None, :]
     offs = (row_base + ws)[:, None] * C + cs[None, :]
     g = tl.load(g_ptr + offs, mask=m2, other=0.0).to(ACC)
@@ -83,7 +69,7 @@ def _dwconv_grad_pre_kernel(x_ptr, w_ptr, b_ptr, g_ptr, gu_ptr, partial_ptr, H, 
         g = g * (cdf + u * tl.exp(-0.5 * u * u) * 0.3989422804014327)
     g = tl.where(m2, g, 0.0)
     tl.store(gu_ptr + offs, g, mask=m2)
-    prog = (bh * tl.num_programs(0) + pid_w).to(tl.int64)
+    prog = tiles.nhwc_row_program()
     tl.store(partial_ptr + prog * C + cs, tl.sum(g, axis=0), mask=c_ok)
 
 
@@ -92,20 +78,12 @@ def _dwconv_bwd_kernel(x_ptr, w_ptr, gu_ptr, g_ptr, dx_ptr, partial_ptr, H, W, C
                        RESIDUAL: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC = w_ptr.dtype.element_ty
     R: tl.constexpr = K // 2
-    pid_w = tl.program_id(0)
-    bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    h = bh % H
-    ws = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    w_ok = ws < W
-    c_ok = cs < C
-    row_base = bh.to(tl.int64) * W
+    h, ws, cs, w_ok, c_ok, row_base = tiles.nhwc_row_tile(H, W, C, BLOCK_W, BLOCK_C)
     m2 = w_ok[:, None] & c_ok[None, :]
     offs = (row_base + ws)[:, None] * C + cs[None, :]
     x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=ACC)
-    prog = (bh * tl.num_programs(0) + pid_w).to(tl.int64)
+    prog = tiles.nhwc_row_program()
     for ky in tl.static_range(0, K):
         hh = h - (ky - R)
         row_ok = (hh >= 0) & (hh < H)

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _tiles as tiles
+
 BLOCK_M = 64
 BLOCK_H = 64
 
@@ -20,12 +22,7 @@ def _conv_mlp_fwd_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, res_ptr, y_ptr, 
                          HAS_RES: tl.constexpr, PREC: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     ACC = b1_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.arange(0, BLOCK_C)
-    r_ok = rows < M
-    c_ok = cs < C
-    m2 = r_ok[:, None] & c_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cs[None, :]
+    rows, cs, r_ok, c_ok, m2, offs = tiles.matrix_row_tile(M, C, BLOCK_M, BLOCK_C)
     x = tl.load(x_ptr + offs, mask=m2, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC)
     for h0 in range(0, HID, BLOCK_H):
@@ -48,12 +45,7 @@ def _conv_mlp_bwd_kernel(x_ptr, g_ptr, w1_ptr, b1_ptr, w2_ptr, dx_ptr, h_ptr, da
                          PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     ACC = b1_ptr.dtype.element_ty
     DT = x_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.arange(0, BLOCK_C)
-    r_ok = rows < M
-    c_ok = cs < C
-    m2 = r_ok[:, None] & c_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cs[None, :]
+    rows, cs, r_ok, c_ok, m2, offs = tiles.matrix_row_tile(M, C, BLOCK_M, BLOCK_C)
     x = tl.load(x_ptr + offs, mask=m2, other=0.0)
     g = tl.load(g_ptr + offs, mask=m2, other=0.0)
     dx = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC)

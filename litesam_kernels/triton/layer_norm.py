@@ -8,18 +8,15 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _tiles as tiles
+
 BLOCK_M = 16
 
 
 @triton.jit
 def _layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, C, eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC = w_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.arange(0, BLOCK_C)
-    r_ok = rows < M
-    c_ok = cs < C
-    m2 = r_ok[:, None] & c_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cs[None, :]
+    rows, cs, r_ok, c_ok, m2, offs = tiles.matrix_row_tile(M, C, BLOCK_M, BLOCK_C)
     x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)
     mean = tl.sum(x, axis=1) / C
     xc = tl.where(m2, x - mean[:, None], 0.0)
@@ -36,12 +33,7 @@ def _layer_norm_bwd_kernel(g_ptr, x_ptr, w_ptr, dx_ptr, partial_ptr, M, C, eps,
                            BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC = partial_ptr.dtype.element_ty
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.arange(0, BLOCK_C)
-    r_ok = rows < M
-    c_ok = cs < C
-    m2 = r_ok[:, None] & c_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cs[None, :]
+    rows, cs, r_ok, c_ok, m2, offs = tiles.matrix_row_tile(M, C, BLOCK_M, BLOCK_C)
     x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)
     g = tl.load(g_ptr + offs, mask=m2, other=0.0).to(ACC)
     mean = tl.sum(x, axis=1) / C

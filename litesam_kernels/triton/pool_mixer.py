@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _tiles as tiles
+
 BLOCK_W = 32
 MAX_POOLS = 3
 
@@ -25,15 +27,7 @@ def _pool_mixer_fwd_kernel(x_ptr, scale_ptr, out_ptr, H, W, C,
                            NUM_POOLS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     # radii ascending, unused ones -1 (after the used ones)
     ACC = scale_ptr.dtype.element_ty
-    pid_w = tl.program_id(0)
-    bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    h = bh % H
-    ws = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    w_ok = ws < W
-    c_ok = cs < C
-    row_base = bh.to(tl.int64) * W
+    h, ws, cs, w_ok, c_ok, row_base = tiles.nhwc_row_tile(H, W, C, BLOCK_W, BLOCK_C)
     ring0 = tl.zeros([BLOCK_W, BLOCK_C], dtype=ACC)
     ring1 = tl.zeros([BLOCK_W, BLOCK_C], dtype=ACC)
     ring2 = tl.zeros([BLOCK_W, BLOCK_C], dtype=ACC)
@@ -79,15 +73,7 @@ def _pool_mixer_bwd_kernel(g_ptr, x_ptr, scale_ptr, dx_ptr, partial_ptr, H, W, C
                            R0: tl.constexpr, R1: tl.constexpr, R2: tl.constexpr, RMAX: tl.constexpr,
                            NUM_POOLS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC = scale_ptr.dtype.element_ty
-    pid_w = tl.program_id(0)
-    bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    h = bh % H
-    ws = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    w_ok = ws < W
-    c_ok = cs < C
-    row_base = bh.to(tl.int64) * W
+    h, ws, cs, w_ok, c_ok, row_base = tiles.nhwc_row_tile(H, W, C, BLOCK_W, BLOCK_C)
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=ACC)
     for i in tl.static_range(0, 2 * RMAX + 1):
         dy = i - RMAX
@@ -118,7 +104,7 @@ def _pool_mixer_bwd_kernel(g_ptr, x_ptr, scale_ptr, dx_ptr, partial_ptr, H, W, C
     scale = tl.load(scale_ptr + cs, mask=c_ok, other=0.0)
     dz = tl.where(m2, acc / NUM_POOLS - g, 0.0)
     tl.store(dx_ptr + offs, (g + scale[None, :] * dz).to(dx_ptr.dtype.element_ty), mask=m2)
-    prog = (bh * tl.num_programs(0) + pid_w).to(tl.int64)
+    prog = tiles.nhwc_row_program()
     tl.store(partial_ptr + prog * 2 * C + cs, tl.sum(dz * x, axis=0), mask=c_ok)
     tl.store(partial_ptr + prog * 2 * C + C + cs, tl.sum(dz, axis=0), mask=c_ok)
 
