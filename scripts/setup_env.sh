@@ -28,6 +28,13 @@ if ! cmp -s "$ROOT/requirements/dev.txt" "$STAMP" 2>/dev/null; then
   python -c "import torch, triton, torchvision" # fail here, loudly, if the install did not work
   cp "$ROOT/requirements/dev.txt" "$STAMP"
 fi
+SAM2_STAMP="$VENV/.litesam_requirements_sam2"
+if ! cmp -s "$ROOT/requirements/sam2.txt" "$SAM2_STAMP" 2>/dev/null; then
+  echo "[setup] installing requirements/sam2.txt (sam2 without its CUDA extension)"
+  SAM2_BUILD_CUDA=0 python -m pip install -q --disable-pip-version-check --no-build-isolation -r "$ROOT/requirements/sam2.txt" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  python -c "import sam2.build_sam"
+  cp "$ROOT/requirements/sam2.txt" "$SAM2_STAMP"
+fi
 
 # torch would guess CUDA_HOME=/usr/local from /usr/local/bin/nvcc (no headers there).
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi

@@ -19,6 +19,8 @@ import time
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m litesam_kernels.triton.aot", description=__doc__)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for sm_90a (H100/H200)")
+    parser.add_argument("--modules", default="", help="comma-separated kernel modules to compile (default: all), "
+                        "e.g. conv_mlp,attention")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("AOT compilation needs TRITON_INTERPRET=0 (interpreted kernels cannot be compiled)", file=sys.stderr)
@@ -31,9 +33,14 @@ def main(argv=None) -> int:
     import litesam_kernels.triton as package
 
     target = GPUTarget("cuda", args.arch, 32)
+    wanted = {m.strip() for m in args.modules.split(",") if m.strip()}
+    available = {info.name for info in pkgutil.iter_modules(package.__path__)}
+    if wanted - available:
+        print(f"unknown kernel module(s): {', '.join(sorted(wanted - available))}", file=sys.stderr)
+        return 2
     failures, compiled = [], 0
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("_") or info.name == "aot":
+        if info.name.startswith("_") or info.name == "aot" or (wanted and info.name not in wanted):
             continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         entries = getattr(module, "AOT_KERNELS", [])
