@@ -56,6 +56,8 @@ class Row:
     speedup: Optional[float]  # baseline median / this median
     matches_baseline: Optional[bool]
     note: str = ""
+    floor_ms: Optional[float] = None  # the physical floor of this case on this device (see Floor)
+    pct_of_floor: Optional[float] = None  # 100 * floor_ms / median_ms
     versions: str = field(default_factory=versions)
     timestamp: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -83,6 +85,27 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, min_time_s: float
     samples.sort()
     quantile = lambda q: samples[min(len(samples) - 1, int(q * (len(samples) - 1) + 0.5))]  # noqa: E731
     return statistics.median(samples), quantile(0.2), quantile(0.8)
+
+
+# H200 figures of ../shared/design/PERFORMANCE.md; on a GPU the copy bandwidth is measured in the same run.
+H200_COPY_GBPS = 4247.0
+H200_PEAK_TFLOPS = {"bf16": 686.0, "fp16": 686.0, "tf32": 343.0, "fp32": 51.0}
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The least work a case must do: bytes that must move (inputs read once, outputs written once) and the
+    FLOPs of its math at the peak rate of ``flops_dtype``. The floor is the larger of the two times."""
+
+    bytes_moved: float = 0.0
+    flops: float = 0.0
+    flops_dtype: str = "bf16"
+
+    def ms(self, copy_gbps: float = H200_COPY_GBPS, peak_tflops: Optional[Dict[str, float]] = None) -> float:
+        peaks = peak_tflops or H200_PEAK_TFLOPS
+        memory_ms = self.bytes_moved / (copy_gbps * 1e9) * 1e3
+        math_ms = self.flops / (peaks[self.flops_dtype] * 1e12) * 1e3 if self.flops else 0.0
+        return max(memory_ms, math_ms)
 
 
 @dataclass
@@ -130,8 +153,21 @@ def compare(
     implementations: Sequence[Implementation],
     matches: Callable[[object, object], bool],
     note: str = "",
+    floor: Optional[Floor] = None,
 ) -> List[Row]:
-    """Time the baseline and every implementation; check each against the baseline's output first."""
+    """Time the baseline and every implementation; check each against the baseline's output first.
+    With ``floor``, every timed row carries ``floor_ms`` and ``pct_of_floor``."""
+    rows = _compare(op, shape, dtype, device, baseline, implementations, matches, note)
+    if floor is not None:
+        floor_ms = floor.ms()
+        for row in rows:
+            row.floor_ms = floor_ms
+            if row.median_ms:
+                row.pct_of_floor = 100.0 * floor_ms / row.median_ms
+    return rows
+
+
+def _compare(op, shape, dtype, device, baseline, implementations, matches, note) -> List[Row]:
     dev = device_name(device)
     dtype_name = str(dtype).replace("torch.", "")
     expected = baseline.fn()

@@ -79,3 +79,38 @@ class TestDotPrecision:
             _precision.dot_precision(torch.float32, "conv")
         with pytest.raises(ValueError, match="kind"):
             _precision.fp32_dot_precision("attention")
+
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from litesam_kernels.triton._activations import gelu, gelu_and_grad  # noqa: E402
+
+
+@triton.jit
+def _gelu_probe_kernel(a_ptr, y_ptr, y2_ptr, d_ptr, n, FAST: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    ok = offs < n
+    a = tl.load(a_ptr + offs, mask=ok, other=0.0)
+    y, d = gelu_and_grad(a, FAST)
+    tl.store(y_ptr + offs, gelu(a, FAST), mask=ok)
+    tl.store(y2_ptr + offs, y, mask=ok)
+    tl.store(d_ptr + offs, d, mask=ok)
+
+
+class TestGelu:
+    """The shared GELU forms (triton/_activations.py) against torch, fp32 accumulation."""
+
+    @pytest.mark.parametrize("fast", [False, True])
+    def test_values_and_gradients(self, fast):
+        a = torch.cat([torch.linspace(-12, 12, 1001), torch.tensor([-100.0, 100.0, 0.0])])
+        y, y2, d = torch.empty_like(a), torch.empty_like(a), torch.empty_like(a)
+        _gelu_probe_kernel[(1,)](a, y, y2, d, a.numel(), FAST=fast, BLOCK=2048)
+        approximate = "tanh" if fast else "none"
+        torch.testing.assert_close(y, torch.nn.functional.gelu(a, approximate=approximate), rtol=1e-6, atol=2e-6)
+        torch.testing.assert_close(y2, y)
+        leaf = a.clone().requires_grad_()
+        torch.nn.functional.gelu(leaf, approximate=approximate).sum().backward()
+        torch.testing.assert_close(d, leaf.grad, rtol=1e-5, atol=1e-5)  # 1 - t*t cancels where t -> -1
+        if fast:  # the documented bound: the tanh form stays within 5e-4 of the exact GELU
+            assert (y - torch.nn.functional.gelu(a)).abs().max() < 5e-4
