@@ -1,9 +1,13 @@
-"""The benchmark harness (benchmarks/harness.py), its charts and the suite runner.
+"""The benchmark harness (benchmarks/harness.py), its charts, the suite runner, gpu_check.sh's staging and
+the device wheels.
 
 Floors and rows are checked with injected ceilings (exact arithmetic); the measured ceilings, the charts
-and one op benchmark (ppn_decode, every dtype) run for real on the CPU."""
+and one op benchmark (ppn_decode, every dtype) run for real on the CPU; gpu_check.sh runs its dry run and
+its self-test (the stage machinery on dummy commands) here, build_device_wheels.sh its dry run."""
 import csv
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -198,3 +202,47 @@ def test_ppn_decode_benchmark_runs_every_dtype_with_floors():
     assert {r.dtype for r in rows} == {"float32", "float16", "bfloat16"}
     timed = [r for r in rows if r.median_ms]
     assert timed and all(r.matches_baseline and r.floor_ms > 0 and r.pct_of_floor > 0 for r in timed)
+
+
+# ------------------------------------------------------------------------------------------ gpu_check.sh
+def _gpu_check(*args, env=None):
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_gpu_check_plan_fits_nine_minutes():
+    done = _gpu_check("--dry-run")
+    assert done.returncode == 0, done.stderr
+    stages = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("stage ")]
+    assert stages == ["env", "build", "static", "gpu_tests", "bench", "memcheck", "racecheck", "initcheck",
+                      "synccheck", "full_suite"]
+    budget = int(done.stdout.split("budget ")[1].split("s")[0])
+    foreground = int(done.stdout.split("foreground limits: ")[1].split("s")[0])
+    assert foreground <= budget <= 540  # 9 minutes, with the last stage taking what is left
+    for tool in ("memcheck", "racecheck", "initcheck", "synccheck"):
+        assert f"--tool {tool}" in done.stdout
+
+
+def test_gpu_check_stage_machinery(tmp_path):
+    done = _gpu_check("--selftest", str(tmp_path / "out"), "--archive", str(tmp_path / "back" / "gpu_check.tar.gz"))
+    assert done.returncode == 1  # a stage failed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    status = {row["stage"]: row["status"] for row in summary}
+    assert status == {"ok": "ok", "fails": "FAILED(3)", "slow": "TIMEOUT", "background": "ok", "rest": "TIMEOUT",
+                      "late": "skipped"}
+    assert {row["stage"]: row["detail"] for row in summary}["background"] == "later"
+    assert (tmp_path / "out" / "ok.log").read_text() == "fine\n"
+    assert (tmp_path / "back" / "summary.txt").read_text() == (tmp_path / "out" / "summary.txt").read_text()
+    listing = subprocess.run(["tar", "tzf", str(tmp_path / "back" / "gpu_check.tar.gz")], capture_output=True,
+                             text=True, check=True).stdout
+    assert "./summary.json" in listing and "./rest.log" in listing
+
+
+def test_device_wheels_are_pinned_to_this_environment():
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build_device_wheels.sh"), "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr
+    from importlib.metadata import version
+
+    for name in ("segment-anything", "sam2", "hydra-core", "pycocotools"):
+        assert f"{name}=={version(name)}" in done.stdout
