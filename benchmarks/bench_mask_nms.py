@@ -9,6 +9,10 @@ of them near-duplicates of others (what mask NMS is there to remove). Rows:
 - matrix_nms: baseline ``dense_matmul_matrix_nms`` (mmdet's ``mask_matrix_nms`` core on the GEMM IoU) vs
   ``ops.matrix_nms``; decayed scores must agree to 1e-5.
 - box_nms on the masks' boxes (torchvision vs ours), for context: what SAM does instead of mask NMS.
+
+Floors: the masks read once (packed words for the packed-input rows, bool bytes for the bool-input rows
+and the dense baselines, which take bool masks), scores read once, the keep list / decayed scores written
+once. Bytes only: the popcounts over each box-overlapping pair are integer work, not counted.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from typing import List
 import numpy as np
 import torch
 
-from benchmarks.harness import Implementation, Row, backend_implementations, compare
+from benchmarks.bench_nms import nms_floor
+from benchmarks.harness import Floor, Implementation, Row, backend_implementations, compare
 from litesam_kernels import ops
 from litesam_kernels.ops.bitmask import pack_masks
 
@@ -103,6 +108,12 @@ def _backend_impls(op_name: str, device: torch.device, pixels: int, call) -> Lis
     return backend_implementations(op_name, device, call, not_timed=not_timed)
 
 
+def masks_floor(masks: torch.Tensor, scores: torch.Tensor):
+    """Floor of reading ``masks`` (bool or packed) and the scores once and writing the output once."""
+    inputs = masks.numel() * masks.element_size() + scores.numel() * scores.element_size()
+    return lambda output: Floor(bytes_moved=inputs + output.numel() * output.element_size())
+
+
 def run(device: torch.device, quick: bool = False) -> List[Row]:
     import torchvision
 
@@ -117,23 +128,29 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
         shape = f"N={n}, {height}x{width}"
         pixels = n * height * width
 
+        packed_floor, bool_floor = masks_floor(packed, scores), masks_floor(masks, scores)
         impls = _backend_impls("mask_nms", device, pixels, lambda: ops.mask_nms(packed, scores, IOU_THRESHOLD, width=width))
         impls.append(Implementation("litesam (bool input, packing included)",
-                                    lambda: ops.mask_nms(masks, scores, IOU_THRESHOLD)))
+                                    lambda: ops.mask_nms(masks, scores, IOU_THRESHOLD), floor=bool_floor))
         rows += compare("mask_nms", shape, masks.dtype, device,
-                        Implementation("dense-matmul IoU + greedy", lambda: dense_matmul_mask_nms(masks, scores, IOU_THRESHOLD)),
+                        Implementation("dense-matmul IoU + greedy",
+                                       lambda: dense_matmul_mask_nms(masks, scores, IOU_THRESHOLD), floor=bool_floor),
                         impls, matches=torch.equal,
                         note=f"iou_threshold={IOU_THRESHOLD}; packed input ({packed.numel() * 4 / 1e6:.1f} MB, "
-                             f"bool {masks.numel() / 1e6:.0f} MB), boxes on the fly")
+                             f"bool {masks.numel() / 1e6:.0f} MB), boxes on the fly", floor=packed_floor)
 
         rows += compare("matrix_nms", shape, scores.dtype, device,
-                        Implementation("dense-matmul IoU + mmdet decay", lambda: dense_matmul_matrix_nms(masks, scores)),
-                        _backend_impls("matrix_nms", device, pixels, lambda: ops.matrix_nms(packed, scores, width=width)),
-                        matches=lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6), note="gaussian, sigma=2")
+                        Implementation("dense-matmul IoU + mmdet decay", lambda: dense_matmul_matrix_nms(masks, scores),
+                                       floor=bool_floor),
+                        _backend_impls("matrix_nms", device, pixels,
+                                       lambda: ops.matrix_nms(packed, scores, width=width)),
+                        matches=lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6), note="gaussian, sigma=2",
+                        floor=packed_floor)
 
         box_floats = boxes.float()
         rows += compare("box_nms (the masks' boxes)", shape, box_floats.dtype, device,
                         Implementation("torchvision", lambda: torchvision.ops.nms(box_floats, scores, IOU_THRESHOLD)),
                         [Implementation("litesam", lambda: ops.nms(box_floats, scores, IOU_THRESHOLD))],
-                        matches=torch.equal, note="context: SAM's box NMS on the same masks")
+                        matches=torch.equal, note="context: SAM's box NMS on the same masks",
+                        floor=nms_floor(box_floats, scores))
     return rows

@@ -1,13 +1,22 @@
-"""The one benchmark harness: timing, reference checks, result rows (CSV/JSON) and the printed table.
+"""The one benchmark harness: timing, reference checks, floors, result rows (CSV/JSON) and the printed table.
 
 On CUDA: ``triton.testing.do_bench`` (CUDA events) median with p20/p80, warm-up excluded. On CPU: a
 perf_counter loop with the same statistics. Every implementation's output is checked against the
 baseline's before it is timed; a row records whether it matched.
+
+Floors: a benchmark passes ``compare(..., floor=Floor(bytes_moved=..., flops=...))`` (or a function of the
+baseline's output that returns one, for outputs whose size is data-dependent, e.g. RLE counts or keep
+lists; an ``Implementation`` may carry its own, e.g. for packed input). Every row then carries
+``floor_ms`` (bytes / copy bandwidth, or FLOPs / peak rate, whichever is larger), ``pct_of_floor``
+(100 * floor / median) and ``achieved_gbps`` (bytes / median). The ceilings are measured once per process on
+the device that runs (``measured_ceilings``: a large device-to-device copy and large matrix products on a GPU;
+a memcpy and an fp32 matmul on the CPU); ``row.ceilings`` says which ceilings a row used.
 """
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -15,9 +24,11 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
+
+from litesam_kernels._backend import BackendUnavailableError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -58,6 +69,9 @@ class Row:
     note: str = ""
     floor_ms: Optional[float] = None  # the physical floor of this case on this device (see Floor)
     pct_of_floor: Optional[float] = None  # 100 * floor_ms / median_ms
+    achieved_gbps: Optional[float] = None  # the floor's bytes / median: bandwidth this row reached
+    copy_gbps: Optional[float] = None  # the copy bandwidth the floor was computed with
+    ceilings: str = ""  # where the copy bandwidth / peak rates come from (measured here, or constants)
     versions: str = field(default_factory=versions)
     timestamp: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -87,9 +101,65 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, min_time_s: float
     return statistics.median(samples), quantile(0.2), quantile(0.8)
 
 
-# H200 figures of ../shared/design/PERFORMANCE.md; on a GPU the copy bandwidth is measured in the same run.
+# H200 figures of ../shared/design/PERFORMANCE.md; rows use the ceilings measured on the device that runs.
 H200_COPY_GBPS = 4247.0
 H200_PEAK_TFLOPS = {"bf16": 686.0, "fp16": 686.0, "tf32": 343.0, "fp32": 51.0}
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Copy bandwidth (bytes read + written per second) and peak matmul rates per dtype of one device."""
+
+    copy_gbps: float
+    peak_tflops: Dict[str, float]
+    source: str
+
+
+H200_CEILINGS = Ceilings(H200_COPY_GBPS, dict(H200_PEAK_TFLOPS), "H200 constants (PERFORMANCE.md)")
+CPU_COPY_BYTES = 64 << 20  # larger than a CPU's last-level cache
+GPU_COPY_BYTES = 1 << 30  # 1 GiB each way: far larger than the H200's 60 MB L2
+
+
+def _matmul_tflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)  # random, never zeros (METHOD.md)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    median, _, _ = time_ms(lambda: torch.mm(a, b), device, min_time_s=0.05, max_reps=20)
+    return 2.0 * n ** 3 / (median * 1e-3) / 1e12
+
+
+@functools.lru_cache(maxsize=None)
+def _measure(device_str: str) -> Ceilings:
+    device = torch.device(device_str)
+    nbytes = GPU_COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES
+    src = torch.rand(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    median, _, _ = time_ms(lambda: dst.copy_(src), device, min_time_s=0.1, max_reps=50)
+    copy_gbps = 2.0 * nbytes / (median * 1e-3) / 1e9
+    del src, dst
+    if device.type == "cuda":
+        peaks = {"bf16": _matmul_tflops(device, torch.bfloat16, 8192),
+                 "fp16": _matmul_tflops(device, torch.float16, 8192)}
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            peaks["fp32"] = _matmul_tflops(device, torch.float32, 4096)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            peaks["tf32"] = _matmul_tflops(device, torch.float32, 8192)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        return Ceilings(copy_gbps, peaks, f"measured here: copy {copy_gbps:.0f} GB/s, bf16 {peaks['bf16']:.0f} TFLOP/s")
+    fp32 = _matmul_tflops(device, torch.float32, 1024)
+    peaks = {"fp32": fp32, "tf32": fp32, "bf16": fp32, "fp16": fp32}  # the CPU has no faster 16-bit path here
+    return Ceilings(copy_gbps, peaks, f"measured here: copy {copy_gbps:.0f} GB/s, fp32 matmul {fp32:.2f} TFLOP/s")
+
+
+def measured_ceilings(device: torch.device) -> Ceilings:
+    """This device's ceilings, measured once per process (about 0.1 s on a GPU, 0.5 s on a CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _measure(str(device))
 
 
 @dataclass(frozen=True)
@@ -108,11 +178,16 @@ class Floor:
         return max(memory_ms, math_ms)
 
 
+# A floor, or a function of the baseline's output that gives one (when the output size is data-dependent).
+FloorSpec = Union[Floor, Callable[[object], Floor]]
+
+
 @dataclass
 class Implementation:
     name: str
     fn: Callable[[], object]
     skip_reason: Optional[str] = None
+    floor: Optional[FloorSpec] = None  # this implementation's own floor (e.g. it reads packed input)
 
 
 def backend_implementations(
@@ -123,10 +198,12 @@ def backend_implementations(
     label: str = "",
     not_timed: Optional[Callable[[str], Optional[str]]] = None,
     backends: Sequence[str] = ("cuda", "triton", "cpu", "reference"),
+    floor: Optional[FloorSpec] = None,
 ) -> List[Implementation]:
     """One row per backend of ``op_name``: ``call()`` run under ``use_backend(backend)``, skipped with the
     reason where that backend cannot run on ``device``. The Triton interpreter is never timed (it is a test
-    tool), and ``not_timed(backend)`` may name a reason to skip a backend (e.g. a reference too slow here)."""
+    tool), and ``not_timed(backend)`` may name a reason to skip a backend (e.g. a reference too slow here).
+    ``floor``: the rows' own floor when it differs from the case's (see ``Implementation.floor``)."""
     from litesam_kernels import _backend, use_backend
 
     op = _backend.implementations(op_name)
@@ -140,7 +217,7 @@ def backend_implementations(
             with use_backend(backend):
                 return call()
 
-        impls.append(Implementation(f"litesam-{backend}{label}", fn, reason))
+        impls.append(Implementation(f"litesam-{backend}{label}", fn, reason, floor))
     return impls
 
 
@@ -153,44 +230,63 @@ def compare(
     implementations: Sequence[Implementation],
     matches: Callable[[object, object], bool],
     note: str = "",
-    floor: Optional[Floor] = None,
+    floor: Optional[FloorSpec] = None,
+    ceilings: Optional[Ceilings] = None,
 ) -> List[Row]:
     """Time the baseline and every implementation; check each against the baseline's output first.
-    With ``floor``, every timed row carries ``floor_ms`` and ``pct_of_floor``."""
-    rows = _compare(op, shape, dtype, device, baseline, implementations, matches, note)
-    if floor is not None:
-        floor_ms = floor.ms()
-        for row in rows:
-            row.floor_ms = floor_ms
-            if row.median_ms:
-                row.pct_of_floor = 100.0 * floor_ms / row.median_ms
-    return rows
 
-
-def _compare(op, shape, dtype, device, baseline, implementations, matches, note) -> List[Row]:
+    With ``floor`` (a ``Floor``, or a function of the baseline's output returning one) every row carries
+    ``floor_ms``, ``pct_of_floor`` and ``achieved_gbps``, computed with ``ceilings`` (default: measured on
+    ``device``, ``measured_ceilings``). An implementation that rejects the input (``TypeError``,
+    ``ValueError``, ``NotImplementedError``, ``BackendUnavailableError``: e.g. a dtype its backend does not
+    take) gets a row saying so instead of a time."""
     dev = device_name(device)
     dtype_name = str(dtype).replace("torch.", "")
     expected = baseline.fn()
     synchronize(device)
+    if floor is not None or any(impl.floor is not None for impl in implementations):
+        ceilings = ceilings or measured_ceilings(device)
+
+    def row(impl: Implementation, median=None, p20=None, p80=None, matched=None, row_note=note) -> Row:
+        speedup = 1.0 if impl is baseline else (base_median / median if median else None)
+        r = Row(op, impl.name, shape, dtype_name, dev, median, p20, p80, baseline.name, base_median, speedup,
+                matched, row_note)
+        spec = impl.floor if impl.floor is not None else floor
+        if spec is not None:
+            _set_floor(r, spec(expected) if callable(spec) else spec, ceilings)
+        return r
+
     base_median, base_p20, base_p80 = time_ms(baseline.fn, device)
-    rows = [Row(op, baseline.name, shape, dtype_name, dev, base_median, base_p20, base_p80, baseline.name,
-                base_median, 1.0, True, note)]
+    rows = [row(baseline, base_median, base_p20, base_p80, True)]
     for impl in implementations:
         if impl.skip_reason:
-            rows.append(Row(op, impl.name, shape, dtype_name, dev, None, None, None, baseline.name, base_median,
-                            None, None, f"skipped: {impl.skip_reason}"))
+            rows.append(row(impl, row_note=f"skipped: {impl.skip_reason}"))
             continue
-        got = impl.fn()
+        try:
+            got = impl.fn()
+        except REJECTIONS as exc:
+            rows.append(row(impl, row_note=f"not run: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+            continue
         synchronize(device)
-        ok = bool(matches(got, expected))
-        if not ok:
-            rows.append(Row(op, impl.name, shape, dtype_name, dev, None, None, None, baseline.name, base_median,
-                            None, False, "output differs from the baseline: not timed"))
+        if not matches(got, expected):
+            rows.append(row(impl, matched=False, row_note="output differs from the baseline: not timed"))
             continue
         median, p20, p80 = time_ms(impl.fn, device)
-        rows.append(Row(op, impl.name, shape, dtype_name, dev, median, p20, p80, baseline.name, base_median,
-                        base_median / median if median > 0 else None, True, note))
+        rows.append(row(impl, median, p20, p80, True))
     return rows
+
+
+def _set_floor(row: Row, floor: Floor, ceilings: Ceilings) -> None:
+    row.floor_ms = floor.ms(ceilings.copy_gbps, ceilings.peak_tflops)
+    row.copy_gbps = ceilings.copy_gbps
+    row.ceilings = ceilings.source
+    if row.median_ms:
+        row.pct_of_floor = 100.0 * row.floor_ms / row.median_ms
+        row.achieved_gbps = floor.bytes_moved / (row.median_ms * 1e-3) / 1e9
+
+
+# What an implementation raises when it does not take an input (a dtype its backend lacks, say): reported.
+REJECTIONS = (TypeError, ValueError, NotImplementedError, BackendUnavailableError)
 
 
 def write_rows(rows: Sequence[Row], out_dir: Path, stem: str) -> Dict[str, Path]:
@@ -206,13 +302,15 @@ def write_rows(rows: Sequence[Row], out_dir: Path, stem: str) -> Dict[str, Path]
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    header = ("op", "impl", "shape", "dtype", "median ms", "p20", "p80", "vs baseline", "match", "note")
+    header = ("op", "impl", "shape", "dtype", "median ms", "p20", "p80", "vs baseline", "match", "% of floor", "GB/s",
+              "note")
     lines = [header]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     for r in rows:
         speed = "-" if r.speedup is None else f"{r.speedup:.2f}x {r.baseline}"
         match = "-" if r.matches_baseline is None else ("yes" if r.matches_baseline else "NO")
-        lines.append((r.op, r.impl, r.shape, r.dtype, fmt(r.median_ms), fmt(r.p20_ms), fmt(r.p80_ms), speed, match, r.note))
+        lines.append((r.op, r.impl, r.shape, r.dtype, fmt(r.median_ms), fmt(r.p20_ms), fmt(r.p80_ms), speed, match,
+                      fmt(r.pct_of_floor), fmt(r.achieved_gbps), r.note))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
     out.insert(1, "-+-".join("-" * w for w in widths))
