@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a text file with one image path per line, relative to its folder (repeatable)")
     inputs.add_argument("-r", "--recursive", action="store_true", help="also search the folders' subfolders")
     inputs.add_argument("--extensions", type=lambda s: [e for e in s.split(",") if e], default=list(IMAGE_EXTENSIONS),
-                        help="file extensions taken from folders and globs (default: %(default)s)")
+                        metavar="LIST", help="comma-separated file extensions taken from folders and globs "
+                                             f"(default: {','.join(e[1:] for e in IMAGE_EXTENSIONS)})")
     inputs.add_argument("--max-side", type=_argument_type(positive_int, "size"), metavar="N",
                         help="downscale (in the decoding workers) so the longer side is at most N pixels; "
                              "the outputs then describe the downscaled image")
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                                help=option.help)
         else:
             group.add_argument(*flags, dest=option.name, default=None, choices=option.choices, help=option.help,
-                               type=option.type if option.choices else _argument_type(option.type, "value"))
+                               type=option.type if option.choices else _argument_type(option.type, "value"),
+                               metavar=None if option.choices else option.metavar)
 
     run = parser.add_argument_group("throughput")
     run.add_argument("--batch-size", type=_argument_type(positive_int, "batch size"), default=1, metavar="N",
@@ -179,9 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args, context) -> int:
-    from litesam_kernels.batch_runner import finish_run
     from litesam_kernels.datasets import discover_images
-    from litesam_kernels.segmenters import SegmenterSpec, check_generator_options
+    from litesam_kernels.segmenters import SegmenterSpec, check_checkpoint_file, check_generator_options
     from litesam_kernels.writers import OutputLayout
 
     formats = tuple(dict.fromkeys(f for group in (args.formats or [["sa1b"]]) for f in group))
@@ -201,8 +202,7 @@ def _run(args, context) -> int:
                              batch_size=args.batch_size, output_mode=layout.output_mode, seed=args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    if spec.checkpoint is not None and not os.path.isfile(spec.checkpoint):
-        raise CliError(f"no such checkpoint file: {spec.checkpoint!r}")
+    check_checkpoint_file(spec)
     items = discover_images(args.inputs + args.input, file_lists=args.file_list, recursive=args.recursive,
                             extensions=args.extensions, exclude=[str(args.out)])
     progress = not (args.no_progress or args.quiet)
@@ -211,14 +211,23 @@ def _run(args, context) -> int:
             raise CliError("--ray runs its own workers: start it as one process, not under torchrun")
         from litesam_kernels.distributed import segment_with_ray
 
-        stats = segment_with_ray(items, spec, layout, address=args.ray, actors=args.ray_actors,
-                                 gpus_per_actor=args.ray_gpus_per_actor, max_side=args.max_side,
-                                 skip_existing=args.skip_existing, progress=progress)
-        for line in finish_run(layout, items, stats, spec.describe()):
-            log.warning("%s", line)
-        return stats.exit_status
+        try:
+            stats = segment_with_ray(items, spec, layout, address=args.ray, actors=args.ray_actors,
+                                     gpus_per_actor=args.ray_gpus_per_actor, max_side=args.max_side,
+                                     skip_existing=args.skip_existing, progress=progress)
+        except ValueError as exc:  # the generator's own argument checks, met while checking the spec
+            raise CliError(str(exc)) from exc
+        return _finish(layout, items, stats, spec)
     with context:
         return _run_here(args, context, spec, layout, items, progress)
+
+
+def _finish(layout, items, stats, spec) -> int:
+    from litesam_kernels.batch_runner import finish_run
+
+    for line in finish_run(layout, items, stats, spec.describe()):
+        log.warning("%s", line)  # at warning level: the summary shows under --quiet too
+    return stats.exit_status
 
 
 def _run_here(args, context, spec, layout, items, progress: bool) -> int:
@@ -226,7 +235,7 @@ def _run_here(args, context, spec, layout, items, progress: bool) -> int:
 
     import torch
 
-    from litesam_kernels.batch_runner import RunStats, finish_run, run_images
+    from litesam_kernels.batch_runner import RunStats, run_images
     from litesam_kernels.datasets import shard
     from litesam_kernels.segmenters import Segmenter
 
@@ -250,10 +259,7 @@ def _run_here(args, context, spec, layout, items, progress: bool) -> int:
                        prefetch_factor=args.prefetch_factor, max_side=args.max_side,
                        skip_existing=args.skip_existing, progress=progress and context.is_main)
     total = functools.reduce(RunStats.merge, context.all_gather(stats))
-    if context.is_main:
-        for line in finish_run(layout, items, total, spec.describe()):
-            log.warning("%s", line)  # the summary shows under --quiet too
-    return total.exit_status
+    return _finish(layout, items, total, spec) if context.is_main else total.exit_status
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ decode the images (:func:`decode_rows`) feeding :class:`SegmentStage`, a ``map_b
 actor pool of one actor per GPU, each calling the same per-batch function
 (:func:`litesam_kernels.batch_runner.process_batch`) and writing its outputs to the shared output folder;
 the driver collects one small row per image and finishes the run (failures, COCO merge, summary).
+With GPU actors the decoding stays in CPU tasks (their resources differ, so Ray does not fuse the two
+stages); with CPU actors Ray fuses them and each actor decodes its own batches.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import dataclasses
 import os
 import time
 from datetime import timedelta
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -154,6 +156,18 @@ def add_segment_stage(dataset, spec: SegmenterSpec, layout: OutputLayout, *, bat
                                num_gpus=gpus_per_actor, num_cpus=1)
 
 
+def actor_plan(cluster_gpus: float, actors: Optional[int] = None,
+               gpus_per_actor: Optional[float] = None) -> Tuple[int, float]:
+    """(actors, GPUs per actor): by default one actor per GPU of the cluster, or one CPU actor without GPUs."""
+    if gpus_per_actor is None:
+        gpus_per_actor = 1 if cluster_gpus >= 1 else 0
+    if gpus_per_actor < 0:
+        raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+    if actors is None:
+        actors = max(1, int(cluster_gpus // gpus_per_actor)) if gpus_per_actor else 1
+    return actors, gpus_per_actor
+
+
 def segment_with_ray(items: Sequence[ImageItem], spec: SegmenterSpec, layout: OutputLayout, *,
                      address: str = "auto", actors: Optional[int] = None, gpus_per_actor: Optional[float] = None,
                      max_side: Optional[int] = None, skip_existing: bool = False, progress: bool = True) -> RunStats:
@@ -163,13 +177,12 @@ def segment_with_ray(items: Sequence[ImageItem], spec: SegmenterSpec, layout: Ou
     ray = require("ray", "--ray")
     require("ray.data", "--ray")
     start = time.perf_counter()
+    # Build it once here, on the CPU: a checkpoint or option that does not fit fails now with its message,
+    # not as a dead actor on every node (the model is not kept).
+    Segmenter(dataclasses.replace(spec, device="cpu"))
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False)
-    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    if gpus_per_actor is None:
-        gpus_per_actor = 1 if cluster_gpus >= 1 else 0
-    if actors is None:
-        actors = max(1, int(cluster_gpus // gpus_per_actor)) if gpus_per_actor else 1
+    actors, gpus_per_actor = actor_plan(float(ray.cluster_resources().get("GPU", 0)), actors, gpus_per_actor)
     todo = [item for item in items if not (skip_existing and layout.is_done(item))]
     stats = RunStats(images=len(items), skipped=len(items) - len(todo))
     by_index = {item.index: item for item in todo}

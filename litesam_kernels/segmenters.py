@@ -67,6 +67,10 @@ class GeneratorOption:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def metavar(self) -> str:
+        return "N" if self.type in (positive_int, non_negative_int) else "X"
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -96,9 +100,10 @@ def unit_float(text: str) -> float:
     return value
 
 
-AMG, SAM2_ONLY, LITESAM, KNOBS = ("generator options (SAM and SAM 2, as in SAM's scripts/amg.py)",
-                                  "SAM 2 generator options", "Lite-SAM (SegEvery) options",
-                                  "speed and memory knobs (never change the masks)")
+AMG, SAM2_ONLY, LITESAM, KNOBS = (
+    "generator options, spelled as SAM's scripts/amg.py (a model takes those its generator has; "
+    "the defaults are its generator's)",
+    "SAM 2 generator options", "Lite-SAM (SegEvery) options", "speed and memory knobs")
 GENERATOR_OPTIONS: Tuple[GeneratorOption, ...] = (
     GeneratorOption("points_per_side", positive_int, "points sampled along one side of the image (grid)", AMG),
     GeneratorOption("points_per_batch", positive_int, "points run through the model at once", AMG),
@@ -178,12 +183,16 @@ class SegmenterSpec:
 
 
 # ------------------------------------------------------------------------------------------ models
-def load_model(spec: SegmenterSpec):
-    """The spec's model, in eval mode, on its device and in its dtype."""
+def check_checkpoint_file(spec: SegmenterSpec) -> None:
     if spec.checkpoint is not None and not os.path.isfile(spec.checkpoint):
         raise ModelLoadError(f"no such checkpoint file: {spec.checkpoint!r}")
+
+
+def load_model(spec: SegmenterSpec):
+    """The spec's model, in eval mode, on its device and in its dtype."""
     import torch
 
+    check_checkpoint_file(spec)
     loader = {"sam": _load_sam, "sam2": _load_sam2, "litesam": _load_litesam}[spec.model]
     model = loader(spec)
     device = spec.device

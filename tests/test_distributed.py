@@ -10,6 +10,11 @@ pytest.importorskip("PIL")
 pytest.importorskip("pycocotools")
 pytest.importorskip("segment_anything")
 
+# pycocotools' decode on numpy 2, and DataLoader workers forked from a process with torch's thread pool (the
+# DataLoader's default on Linux; the workers only decode images): both harmless, both noisy.
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+              pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork")]
+
 from litesam_kernels.distributed import DistributedContext, item_rows  # noqa: E402
 from tests._cli_runs import run_cli_subprocess, sam_reference_run, workspace  # noqa: E402
 
@@ -87,6 +92,15 @@ def test_ray_local_mode_same_masks_as_one_process(tmp_path_factory, capsys):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
+def test_actor_plan_one_actor_per_gpu():
+    from litesam_kernels.distributed import actor_plan
+
+    assert actor_plan(8) == (8, 1) and actor_plan(0) == (1, 0) and actor_plan(8, gpus_per_actor=0.5) == (16, 0.5)
+    assert actor_plan(8, actors=2) == (2, 1) and actor_plan(0, actors=3) == (3, 0) and actor_plan(1.0) == (1, 1)
+    with pytest.raises(ValueError, match="gpus_per_actor"):
+        actor_plan(4, gpus_per_actor=-1)
+
+
 def test_item_rows_round_trip():
     from litesam_kernels.datasets import ImageItem
     from litesam_kernels.distributed import _items
@@ -97,3 +111,31 @@ def test_item_rows_round_trip():
 
     batch = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
     assert _items(batch) == items
+
+
+def test_a_rank_without_images_and_merged_counts(tmp_path):
+    from litesam_kernels.batch_runner import RunStats, run_images
+    from litesam_kernels.datasets import ImageItem
+    from litesam_kernels.writers import OutputLayout
+
+    empty = run_images(None, OutputLayout(tmp_path), [], batch_size=2, num_workers=2)  # never calls the model
+    assert (empty.images, empty.segmented, empty.failed, empty.exit_status) == (0, 0, 0, 0)
+    item = ImageItem(0, "a.png", "a.png", "a")
+    failed = RunStats(images=1, failures=[(item, "OSError: broken")], seconds=2.0)
+    assert failed.exit_status == 1 and empty.merge(failed).exit_status == 1
+    done = RunStats(images=3, segmented=1, skipped=2, masks=7, seconds=5.0)
+    total = failed.merge(done)
+    assert (total.images, total.segmented, total.skipped, total.masks, total.failed, total.seconds) == (4, 1, 2, 7, 1, 5.0)
+    assert total.exit_status == 0 and RunStats(images=2, skipped=2).exit_status == 0
+
+
+def test_ray_bad_checkpoint_fails_before_the_cluster_starts(tmp_path_factory, capsys):
+    ray = pytest.importorskip("ray")
+    from litesam_kernels import cli
+
+    space = workspace(tmp_path_factory.getbasetemp())
+    status = cli.main([str(space.photos.root), "--out", str(tmp_path_factory.mktemp("ray_bad")), "--checkpoint",
+                       str(space.sam_checkpoint), "--ray", "local"])
+    err = capsys.readouterr().err
+    assert status == 2 and "as a Lite-SAM checkpoint" in err and "Traceback" not in err
+    assert not ray.is_initialized()
