@@ -15,7 +15,20 @@ actor pool of one actor per GPU, each calling the same per-batch function
 (:func:`litesam_kernels.batch_runner.process_batch`) and writing its outputs to the shared output folder;
 the driver collects one small row per image and finishes the run (failures, COCO merge, summary).
 With GPU actors the decoding stays in CPU tasks (their resources differ, so Ray does not fuse the two
-stages); with CPU actors Ray fuses them and each actor decodes its own batches.
+stages); with CPU actors Ray fuses them and each actor decodes its own batches. The driver builds the
+segmenter once on its CPU first, so a checkpoint or option that does not fit fails before the cluster works.
+
+A cluster run (the output folder and the checkpoint on a filesystem every node mounts)::
+
+    ray start --head                                   # on the head node
+    ray start --address HEAD_IP:6379                   # on every GPU node
+    litesam-segment /shared/photos --recursive --out /shared/masks --format sa1b,coco \
+        --model sam --model-type vit_h --checkpoint /shared/sam_vit_h_4b8939.pth --batch-size 4 --ray auto
+
+Inside a Ray Data pipeline of your own: rows of :func:`item_rows` in, one row per image out::
+
+    dataset = add_segment_stage(ray.data.from_items(item_rows(items)), spec, layout, batch_size=4,
+                                actors=int(ray.cluster_resources()["GPU"]))
 """
 from __future__ import annotations
 
