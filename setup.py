@@ -94,6 +94,19 @@ def build_extension():
     )
 
 
+# Optional features; litesam_kernels._extras.OPTIONAL_MODULES names the extra in its "not installed" errors.
+# torchvision (segment_anything imports it) is not listed for the same reason as torch.
+EXTRAS = {
+    "triton": ["triton"],
+    "coco": ["pycocotools"],  # output_mode="coco_rle", as in segment_anything
+    "cli": ["Pillow", "pycocotools", "tqdm"],  # litesam-segment: decoding, COCO RLE output, progress bar
+    "sam": ["segment-anything"],  # --model sam, litesam_kernels.amg
+    "sam2": ["sam2"],  # --model sam2 (install with SAM2_BUILD_CUDA=0 to skip building its optional CUDA op)
+    "ray": ["ray[data]"],  # litesam-segment --ray, litesam_kernels.distributed's Ray Data stage
+    "test": ["pytest", "pytest-benchmark", "torchvision", "segment-anything", "opencv-python-headless", "pycocotools"],
+}
+EXTRAS["all"] = sorted({r for name in ("triton", "cli", "sam", "sam2", "ray") for r in EXTRAS[name]})
+
 setup(
     name="litesam_kernels",
     version="0.1.0",
@@ -102,11 +115,7 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately not listed: pip would replace the installed (CUDA) build with another one.
     install_requires=["numpy"],
-    extras_require={
-        "triton": ["triton"],
-        "coco": ["pycocotools"],  # output_mode="coco_rle", as in segment_anything
-        "test": ["pytest", "pytest-benchmark", "torchvision", "segment-anything", "opencv-python-headless", "pycocotools"],
-    },
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["litesam-segment=litesam_kernels.cli:main"]},
     ext_modules=[build_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},

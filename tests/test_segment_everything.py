@@ -1,5 +1,5 @@
-"""SegEvery pipeline (tiny model on CPU): records valid and SAM-formatted, post-processing = SAM's, CLI."""
-import json
+"""SegEvery pipeline (tiny model on CPU): records valid and SAM-formatted, post-processing = SAM's.
+The CLI's tests are in tests/test_cli.py."""
 
 import numpy as np
 import pytest
@@ -275,47 +275,6 @@ class TestMaskNMS:
         monkeypatch.setitem(__import__("sys").modules, "pycocotools.mask", None)
         with pytest.raises(ImportError, match="pycocotools"):
             SegmentEverything(tiny_model, output_mode="coco_rle")
-
-
-class TestCLI:
-    def test_cli_writes_json_and_overlay(self, tmp_path, capsys):
-        from PIL import Image
-
-        from litesam_kernels import cli
-
-        paths = []
-        for i, size in enumerate([(60, 80), (50, 40)]):
-            path = tmp_path / f"photo{i}.png"
-            Image.fromarray(synthetic_photo(*size, seed=i)).save(path)
-            paths.append(str(path))
-        out = tmp_path / "out"
-        status = cli.main(paths + ["--out", str(out), "--config", "tiny", "--points-per-image", "8",
-                                   "--pred-iou-thresh=-1e9", "--stability-score-thresh", "0"])
-        assert status == 0
-        err = capsys.readouterr().err
-        assert "RANDOM weights" in err and "2/2" in err  # tqdm bar or the plain "[2/2] path" lines
-        for i, size in enumerate([(60, 80), (50, 40)]):
-            result = json.loads((out / f"photo{i}.json").read_text())
-            assert (result["height"], result["width"]) == size and result["annotations"]
-            for record in result["annotations"]:
-                assert isinstance(record["segmentation"]["counts"], str)
-                assert segmentation_to_mask(record["segmentation"]).sum() == record["area"]
-            overlay = np.asarray(Image.open(out / f"photo{i}_overlay.png"))
-            assert overlay.shape == (*size, 3)
-
-    def test_cli_checkpoint_and_missing_file(self, tmp_path):
-        from PIL import Image
-
-        from litesam_kernels import cli
-
-        checkpoint = tmp_path / "tiny.pt"
-        build_litesam("tiny").save(checkpoint)
-        image = tmp_path / "a.jpg"
-        Image.fromarray(synthetic_photo(40, 40)).save(image)
-        assert cli.main([str(image), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
-                         "--points-per-image", "4", "--no-overlay", "--no-progress"]) == 0
-        assert (tmp_path / "o" / "a.json").exists() and not (tmp_path / "o" / "a_overlay.png").exists()
-        assert cli.main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
 
 
 @pytest.mark.gpu
