@@ -191,7 +191,8 @@ def _same_launches(got: _Launches, expected: _Launches) -> bool:
 def _note_us(rows: List[Row], launches: int, extra: str = "") -> List[Row]:
     for row in rows:
         if row.median_ms:
-            row.note = f"host {row.median_ms * 1e3:.1f} us, {launches} kernel launches" + (f"; {extra}" if extra else "")
+            row.note = f"host {row.median_ms * 1e3:.1f} us, {launches} kernel launches" + \
+                (f"; {extra}" if extra else "")
     return rows
 
 

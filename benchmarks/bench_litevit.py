@@ -107,7 +107,7 @@ def cases(scale: int, batch: int) -> List[Case]:
                                                   residual=x)
 
     def ln_mlp(x, folds, ops):
-        return ops.conv_mlp(ops.layer_norm(x, folds.layer_norm(ab.norm2)), folds.conv_mlp(ab.mlp), residual=x)
+        return ops.layer_norm_conv_mlp(x, folds.layer_norm(ab.norm2), folds.conv_mlp(ab.mlp))
 
     def dwconv(pos):
         return lambda x, folds, ops: ops.dwconv(x, folds.depthwise(pos), "gelu", residual=True)

@@ -100,7 +100,24 @@ def _without_autocast(op):
     return staticmethod(call)
 
 
-class CustomOps:
+class _Blocks:
+    """The fused blocks, as compositions of a table's ops until single kernels for them land (then a table
+    overrides the method: the model calls these, so the switch is made here and nowhere else)."""
+
+    @classmethod
+    def pool_mixer_block(cls, x, bn: BatchNormAffine, pool_sizes: Sequence[int], mlp: ConvMLPWeights):
+        """``y = pool_mixer(x)``, then ``y + MLP(y)`` with the second BatchNorm folded into ``mlp`` (eval only:
+        in training its batch statistics need y)."""
+        y = cls.pool_mixer(x, bn, pool_sizes)
+        return cls.conv_mlp(y, mlp, residual=y)
+
+    @classmethod
+    def layer_norm_conv_mlp(cls, x, ln: LayerNormWeights, mlp: ConvMLPWeights):
+        """``x + MLP(LN(x))`` (the attention block's second half)."""
+        return cls.conv_mlp(cls.layer_norm(x, ln), mlp, residual=x)
+
+
+class CustomOps(_Blocks):
     """The public custom ops (validation, backend choice, autograd, torch.compile), called with autocast off."""
 
     name = "custom_ops"
@@ -128,7 +145,7 @@ class CustomOps:
                                               num_heads, pool_sizes, residual=residual)
 
 
-class _DirectOps:
+class _DirectOps(_Blocks):
     """A table that calls kernels (or references) directly; subclasses give the per-op primitives."""
 
     @classmethod

@@ -200,7 +200,10 @@ def conv_bn_act(module, x_nchw: torch.Tensor, folds: Folds) -> torch.Tensor:
 
 def pool_mixer_block(block, x: torch.Tensor, folds: Folds, ops=CustomOps) -> torch.Tensor:
     """``x + MSPool(BN1(x))``, then ``+ ConvMLP(BN2(.))`` with BN2 folded into the MLP's first layer."""
-    x = ops.pool_mixer(x, folds.batch_norm(block.norm1, x), block.mixer.pool_sizes)
+    bn1 = folds.batch_norm(block.norm1, x)
+    if _uses_running_stats(block.norm2):  # BN2's fold is known before the mixer runs: one fused block
+        return ops.pool_mixer_block(x, bn1, block.mixer.pool_sizes, folds.conv_mlp(block.mlp, batch_norm=block.norm2))
+    x = ops.pool_mixer(x, bn1, block.mixer.pool_sizes)  # training: BN2's batch statistics are those of this x
     return ops.conv_mlp(x, folds.conv_mlp(block.mlp, x, batch_norm=block.norm2), residual=x)
 
 
@@ -214,8 +217,7 @@ def attention_block(block, x: torch.Tensor, folds: Folds, ops=CustomOps) -> torc
     t = ops.layer_norm(x, folds.layer_norm(block.norm1))
     x = ops.pooled_kv_attention(t, folds.linear(attn.q), folds.linear(attn.kv), folds.linear(attn.proj),
                                 attn.num_heads, attn.kv_pool_sizes, residual=x)
-    t = ops.layer_norm(x, folds.layer_norm(block.norm2))
-    return ops.conv_mlp(t, folds.conv_mlp(block.mlp), residual=x)
+    return ops.layer_norm_conv_mlp(x, folds.layer_norm(block.norm2), folds.conv_mlp(block.mlp))
 
 
 def neck(layers: nn.Sequential, x: torch.Tensor, folds: Folds, ops=CustomOps) -> torch.Tensor:
