@@ -1,35 +1,40 @@
-"""LiteViT: each fused block/op vs its eager modules (and torch.compile of them on GPU), then the encoder.
+"""LiteViT: each fused block/op vs its eager modules and torch.compile of them, then the encoder end to end.
 
-Per op, with the real model's shapes at 1024^2 (stage 1: 256^2 x 32, stage 2: 128^2 x 64, stage 3: 64^2 x
-128, neck 64^2 x 256), B = 1 and 8, fp16/bf16/fp32 on GPU: forward, and forward+backward (gradients of the
-input and every parameter). Baselines: "eager" = the model's own NCHW modules; "compiled" = torch.compile
-of the same eager function (GPU only). Ours: the fused channels-last path (``model/litevit_fused.py``),
-Triton kernels on GPU. The note gives the achieved GB/s (minimal bytes: inputs read once, output written
-once) or TFLOP/s (attention, MLP GEMMs) of each timed row; compare with PERFORMANCE.md's ceilings (H200:
-4247 GB/s copy, 686 TFLOP/s bf16 dense).
-End to end: ``LiteViT`` forward (eval) and forward+backward, eager vs ``fused=True`` vs compiled eager.
+Per op, with the real model's shapes at 1024^2 (stage 1: 256^2 x 32, stage 2: 128^2 x 64, stage 3: 64^2 x 128,
+neck 64^2 x 256), B = 1 and 8, fp16/bf16/fp32 on GPU:
+- forward: "eager" (the model's own NCHW modules, the baseline), "compiled-eager" (torch.compile of them, GPU),
+  "fused" (the fused path with its folds per call on the custom ops: what training and autograd run) and
+  "prepared" (folds recorded once, the kernels called directly: what inference runs, ``litevit_prepared``);
+- forward+backward (gradients of the input and every parameter): eager vs fused.
+End to end, the ``LiteViT`` encoder (eval) at B = 1 and 8, 1024^2: eager, compiled-eager, fused, prepared, and
+on a GPU prepared+compiled (``compile_fused("reduce-overhead")``: CUDA graphs), plus forward+backward.
 
-``--quick`` on GPU: fp16 at B = 8 only (about 12 torch.compile warm-ups instead of about 70).
-On CPU (no GPU): tiny shapes (sizes / 16, B = 1, fp32) and the fused path runs its ops' torch references
-(the Triton interpreter is a test tool): the rows only show that the suite runs and what the fused path's
-dispatch costs; they say nothing about the GPU.
-Matching: relative L2 error of every output (and gradient) <= 1e-3 (fp32), 1e-2 (fp16), 3e-2 (bf16).
+Every row carries its ``Floor``: the bytes that must move (activations in and out once, weights once) at the
+copy bandwidth, or the FLOPs (matmuls, attention; counted by ``torch.utils.flop_counter`` for the encoder) at
+the peak of the dtype the kernels' dots use (fp32 follows torch's TF32 switches as the kernels do), whichever
+is longer. ``--quick`` on GPU: fp16 at B = 8 only (about 12 torch.compile warm-ups instead of about 70).
+On CPU (no GPU): tiny shapes (sizes / 16, B = 1, fp32; fp32 and bf16 without ``--quick``), the whole blocks and
+the encoder only; the fused and prepared paths run the ops' torch references (the Triton interpreter is a test
+tool): the rows show that the suite runs, not GPU speed (``bench_host_overhead`` measures the host work).
+Matching: relative L2 error of every output (and gradient) <= 1e-3 (fp32), 1e-2 (fp16), 3e-2 (bf16); the
+encoder 3x that, its gradients 10x.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from benchmarks.harness import Implementation, Row, compare
+from benchmarks.harness import Floor, Implementation, Row, compare
 from litesam_kernels import use_backend
+from litesam_kernels.model import fused_ops
 from litesam_kernels.model import litevit_fused as fz
 from litesam_kernels.model.config import LiteViTConfig
-from litesam_kernels.model.litevit import AttentionBlock, LiteViT, PoolMixerBlock
-from litesam_kernels.ops.conv_block import dwconv_act, fold_batchnorm
-from litesam_kernels.ops.layer_norm import layer_norm2d
+from litesam_kernels.model.litevit import AttentionBlock, LayerNorm2d, LiteViT, PoolMixerBlock
+from litesam_kernels.model.litevit_prepared import RecordingFolds, ReplayFolds
+from litesam_kernels.triton._precision import dot_precision
 
 REL_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
@@ -49,19 +54,30 @@ def _rel_close(got, expected, tol) -> bool:
     return err ** 0.5 <= tol * max(ref ** 0.5, 1e-12)
 
 
+def _flops_dtype(dtype: torch.dtype, kind: str) -> str:
+    """The peak that bounds the kernels' dots: fp32 dots run TF32 when torch's switch for ``kind`` allows."""
+    if dtype == torch.float32:
+        return "tf32" if dot_precision(dtype, kind) == "tf32" else "fp32"
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
+def _bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _weight_bytes(module: torch.nn.Module, dtype: torch.dtype) -> int:
+    return sum(p.numel() for p in module.parameters()) * torch.tensor([], dtype=dtype).element_size()
+
+
 @dataclass
 class Case:
     op: str
     module: torch.nn.Module
     shape: tuple  # (B, H, W, C)
-    eager: Callable  # NCHW in -> NCHW out, the model's modules
-    fused: Callable  # NHWC in -> NHWC out
-    bytes_fn: Callable[[torch.Tensor], int] = None
-    flops_fn: Callable[[torch.Tensor], float] = None
-
-
-def _mib(x):  # read input once + write output once
-    return 2 * x.numel() * x.element_size()
+    eager: Callable  # NCHW in -> NCHW out: the model's modules
+    fused: Callable  # (x NHWC, folds, ops) -> NHWC: the fused path's code, for any folds and op table
+    flops: Callable[[torch.Tensor], float] = None  # of the math the kernels' dots do, forward
+    dot_kind: str = "matmul"
 
 
 def _randomise_bn(module):
@@ -81,29 +97,26 @@ def cases(scale: int, batch: int) -> List[Case]:
     ab = _randomise_bn(AttentionBlock(128, 4, (2, 4), 5.0))
     ab7 = _randomise_bn(copy.deepcopy(ab))
     ab7.pos = _randomise_bn(type(ab.pos)(32, 7))
-    ln256 = type(ab.norm1)(256)
+    ln256 = LayerNorm2d(256)
 
-    def pool_mixer_eager(b):
-        return lambda x: x + b.mixer(b.norm1(x))
+    def pool_mixer(block):
+        return lambda x, folds, ops: ops.pool_mixer(x, folds.batch_norm(block.norm1, x), block.mixer.pool_sizes)
 
-    def pool_mixer_fused(b):
-        def fn(x):
-            scale_, shift = fz.bn_scale_shift(b.norm1, x)
-            return fz.pool_mixer(x, scale_, shift, b.mixer.pool_sizes)
-        return fn
+    def bn_mlp(block):
+        return lambda x, folds, ops: ops.conv_mlp(x, folds.conv_mlp(block.mlp, x, batch_norm=block.norm2),
+                                                  residual=x)
 
-    def dw_fused(pos):
-        def fn(x):
-            scale_, shift = fz.bn_scale_shift(pos.bn, x)
-            w, bias = fold_batchnorm(pos.conv.weight, scale_, shift)
-            return dwconv_act(x, w, bias, "gelu", residual=True)
-        return fn
+    def ln_mlp(x, folds, ops):
+        return ops.layer_norm_conv_mlp(x, folds.layer_norm(ab.norm2), folds.conv_mlp(ab.mlp))
 
-    def attn_fused(x):
-        t = layer_norm2d(x, ab.norm1.weight, ab.norm1.bias, ab.norm1.eps)
+    def dwconv(pos):
+        return lambda x, folds, ops: ops.dwconv(x, folds.depthwise(pos), "gelu", residual=True)
+
+    def attention(x, folds, ops):
         a = ab.attn
-        return fz.pooled_kv_attention(t, a.q.weight, a.q.bias, a.kv.weight, a.kv.bias, a.proj.weight, a.proj.bias,
-                                      a.num_heads, a.kv_pool_sizes, residual=x)
+        t = ops.layer_norm(x, folds.layer_norm(ab.norm1))
+        return ops.pooled_kv_attention(t, folds.linear(a.q), folds.linear(a.kv), folds.linear(a.proj), a.num_heads,
+                                       a.kv_pool_sizes, residual=x)
 
     def attn_flops(x):
         b, h, w, c = x.shape
@@ -113,74 +126,75 @@ def cases(scale: int, batch: int) -> List[Case]:
     def mlp_flops(hid):
         return lambda x: 4.0 * x.numel() * hid
 
-    def mlp_fused(block, bn):
-        def fn(x):
-            if bn:
-                return fz.conv_mlp(  # as in fz.pool_mixer_block
-                    x, *fz.fold_batchnorm_into_linear(fz._linear_weight(block.mlp.fc1), block.mlp.fc1.bias,
-                                                      *fz.bn_scale_shift(block.norm2, x)),
-                    fz._linear_weight(block.mlp.fc2), block.mlp.fc2.bias, residual=x)
-            t = layer_norm2d(x, block.norm2.weight, block.norm2.bias, block.norm2.eps)
-            return fz.conv_mlp(t, fz._linear_weight(block.mlp.fc1), block.mlp.fc1.bias,
-                               fz._linear_weight(block.mlp.fc2), block.mlp.fc2.bias, residual=x)
-        return fn
-
     return [
-        Case("pool_mixer (BN+MSPool+res)", pm1, (batch, s1, s1, 32), pool_mixer_eager(pm1), pool_mixer_fused(pm1), _mib),
-        Case("pool_mixer (BN+MSPool+res)", pm2, (batch, s2, s2, 64), pool_mixer_eager(pm2), pool_mixer_fused(pm2), _mib),
-        Case("conv_mlp (BN+MLP+res)", pm1, (batch, s1, s1, 32), lambda x: x + pm1.mlp(pm1.norm2(x)),
-             mlp_fused(pm1, True), _mib, mlp_flops(128)),
-        Case("conv_mlp (LN+MLP+res)", ab, (batch, s3, s3, 128), lambda x: x + ab.mlp(ab.norm2(x)),
-             mlp_fused(ab, False), _mib, mlp_flops(640)),
-        Case("dwconv3x3+BN+GELU+res", ab, (batch, s3, s3, 128), lambda x: x + ab.pos(x), dw_fused(ab.pos), _mib),
-        Case("dwconv7x7+BN+GELU+res", ab7.pos, (batch, s1, s1, 32), lambda x: x + ab7.pos(x), dw_fused(ab7.pos), _mib),
+        Case("pool_mixer (BN+MSPool+res)", pm1, (batch, s1, s1, 32), lambda x: x + pm1.mixer(pm1.norm1(x)),
+             pool_mixer(pm1)),
+        Case("pool_mixer (BN+MSPool+res)", pm2, (batch, s2, s2, 64), lambda x: x + pm2.mixer(pm2.norm1(x)),
+             pool_mixer(pm2)),
+        Case("conv_mlp (BN+MLP+res)", pm1, (batch, s1, s1, 32), lambda x: x + pm1.mlp(pm1.norm2(x)), bn_mlp(pm1),
+             mlp_flops(128), "conv"),
+        Case("conv_mlp (LN+MLP+res)", ab, (batch, s3, s3, 128), lambda x: x + ab.mlp(ab.norm2(x)), ln_mlp,
+             mlp_flops(640), "conv"),
+        Case("dwconv3x3+BN+GELU+res", ab, (batch, s3, s3, 128), lambda x: x + ab.pos(x), dwconv(ab.pos)),
+        Case("dwconv7x7+BN+GELU+res", ab7.pos, (batch, s1, s1, 32), lambda x: x + ab7.pos(x), dwconv(ab7.pos)),
         Case("layer_norm2d", ln256, (batch, s3, s3, 256), ln256,
-             lambda x: layer_norm2d(x, ln256.weight, ln256.bias, ln256.eps), _mib),
+             lambda x, folds, ops: ops.layer_norm(x, folds.layer_norm(ln256))),
         Case("pooled_kv_attention (LN+attn+res)", ab, (batch, s3, s3, 128), lambda x: x + ab.attn(ab.norm1(x)),
-             attn_fused, _mib, attn_flops),
-        Case("pool_mixer_block", pm1, (batch, s1, s1, 32), pm1, lambda x: fz.pool_mixer_block(pm1, x), _mib),
-        Case("attention_block", ab, (batch, s3, s3, 128), ab, lambda x: fz.attention_block(ab, x), _mib,
-             attn_flops),
+             attention, attn_flops),
+        Case("pool_mixer_block", pm1, (batch, s1, s1, 32), pm1,
+             lambda x, folds, ops: fz.pool_mixer_block(pm1, x, folds, ops), mlp_flops(128), "conv"),
+        Case("attention_block", ab, (batch, s3, s3, 128), ab,
+             lambda x, folds, ops: fz.attention_block(ab, x, folds, ops),
+             lambda x: attn_flops(x) + mlp_flops(640)(x)),
     ]
 
 
-def _note(rows: List[Row], x: torch.Tensor, case: Case, backward: bool) -> List[Row]:
-    for row in rows:
-        if not row.median_ms:
-            continue
-        parts = []
-        if case.bytes_fn is not None and not backward:
-            parts.append(f"{case.bytes_fn(x) / row.median_ms / 1e6:.0f} GB/s (min bytes)")
-        if case.flops_fn is not None:
-            parts.append(f"{case.flops_fn(x) * (3 if backward else 1) / row.median_ms / 1e9:.2f} TFLOP/s")
-        row.note = ", ".join(parts + ([row.note] if row.note else []))
-    return rows
+def _floor(case: Case, x: torch.Tensor, backward: bool) -> Floor:
+    weights = _weight_bytes(case.module, x.dtype)
+    moved = (4 if backward else 2) * _bytes(x) + (2 if backward else 1) * weights  # x, y (and dy, dx); weights
+    flops = case.flops(x) * (3 if backward else 1) if case.flops else 0.0
+    return Floor(bytes_moved=moved, flops=flops, flops_dtype=_flops_dtype(x.dtype, case.dot_kind))
 
 
-def _implementations(device, eager_fn, fused_fn, compile_baseline=True) -> List[Implementation]:
-    """GPU: compiled eager (forward only) and the fused path on Triton. CPU: the fused path on its ops'
-    torch references."""
-    backend = "triton" if device.type == "cuda" else "reference"
+def _direct_table(device: torch.device):
+    return fused_ops.TritonOps if device.type == "cuda" else fused_ops.ReferenceOps
 
-    def fused():
+
+def _prepared(run: Callable, x: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
+    """``run(x, folds, ops)`` on folds recorded once and replayed, the kernels called directly."""
+    recording = RecordingFolds(x.dtype)
+    with torch.no_grad():
+        run(x, recording, _direct_table(device))
+    return lambda: run(x, ReplayFolds(x.dtype, recording.entries), _direct_table(device))
+
+
+def _compiled(device, fn, label="compiled-eager") -> Optional[Implementation]:
+    if device.type != "cuda":
+        return None
+    torch._dynamo.reset()  # one lambda code object serves every case: stay clear of the recompile limit
+    try:
+        compiled = torch.compile(fn)
+        compiled()  # compile outside the timing
+        return Implementation(label, compiled)
+    except Exception as exc:  # report, do not abort the suite
+        return Implementation(label, fn, f"torch.compile failed: {exc}"[:200])
+
+
+def _fused(device, fn) -> Callable[[], object]:
+    backend = "triton" if device.type == "cuda" else None  # CPU: the ops' references (no interpreter timing)
+
+    def run():
         with use_backend(backend):
-            return fused_fn()
+            return fn()
+    return run
 
-    impls = []
-    if device.type == "cuda":
-        if not compile_baseline:
-            impls.append(Implementation("compiled-eager", eager_fn,
-                                        "not measured for forward+backward (torch.autograd.grad breaks the graph)"))
-        else:
-            torch._dynamo.reset()  # one lambda code object serves every case: stay clear of the recompile limit
-            try:
-                compiled = torch.compile(eager_fn)
-                compiled()  # compile outside the timing
-                impls.append(Implementation("compiled-eager", compiled))
-            except Exception as exc:  # report, do not abort the suite
-                impls.append(Implementation("compiled-eager", eager_fn, f"torch.compile failed: {exc}"[:200]))
-    impls.append(Implementation(f"fused-{backend}" if backend == "triton" else "fused-reference-ops", fused))
-    return impls
+
+def _note(rows: List[Row], extra: str = "") -> List[Row]:
+    for row in rows:
+        if row.median_ms and row.pct_of_floor is not None:
+            row.note = f"{row.pct_of_floor:.0f}% of floor" + (f", {extra}" if extra else "") + \
+                (f"; {row.note}" if row.note else "")
+    return rows
 
 
 def _grads(out, inputs, grad):
@@ -195,12 +209,18 @@ def _op_rows(device, dtype, case: Case) -> List[Row]:
     x_nchw = x_nhwc.permute(0, 3, 1, 2).contiguous()
     shape = f"B={b} {h}x{w}x{c}"
     tol = REL_TOL[dtype]
-    rows = compare(case.op, shape, dtype, device,
-                   Implementation("eager", lambda: case.eager(x_nchw).permute(0, 2, 3, 1)),
-                   _implementations(device, lambda: case.eager(x_nchw).permute(0, 2, 3, 1), lambda: case.fused(x_nhwc)),
-                   matches=lambda got, exp: _rel_close(got, exp, tol), note="forward")
-    rows = _note(rows, x_nhwc, case, False)
-    params = [p for p in module.parameters()]
+
+    def eager():
+        return case.eager(x_nchw).permute(0, 2, 3, 1)
+
+    with torch.no_grad():
+        impls = [i for i in [_compiled(device, eager)] if i is not None]
+        impls += [Implementation("fused", _fused(device, lambda: case.fused(x_nhwc, fz.Folds(dtype), fz.CustomOps))),
+                  Implementation("prepared", _prepared(case.fused, x_nhwc, device))]
+        rows = _note(compare(case.op, shape, dtype, device, Implementation("eager", eager), impls,
+                             matches=lambda got, exp: _rel_close(got, exp, tol), note="forward",
+                             floor=_floor(case, x_nhwc, False)))
+    params = list(module.parameters())
     xr_nchw = x_nchw.clone().requires_grad_()
     xr_nhwc = x_nhwc.clone().requires_grad_()
     grad = torch.randn(b, h, w, c, generator=gen).to(device=device, dtype=dtype)
@@ -211,29 +231,50 @@ def _op_rows(device, dtype, case: Case) -> List[Row]:
         return [gx.permute(0, 2, 3, 1)] + gp
 
     def fused_bwd():
-        return list(_grads(case.fused(xr_nhwc), [xr_nhwc] + params, grad))
+        return list(_grads(case.fused(xr_nhwc, fz.Folds(dtype), fz.CustomOps), [xr_nhwc] + params, grad))
 
     bwd = compare(case.op, shape, dtype, device, Implementation("eager", eager_bwd),
-                  _implementations(device, eager_bwd, fused_bwd, compile_baseline=False), matches=lambda g, e: _rel_close(g, e, 3 * tol),
-                  note="forward+backward")
-    return rows + _note(bwd, x_nhwc, case, True)
+                  [Implementation("fused", _fused(device, fused_bwd))],
+                  matches=lambda g, e: _rel_close(g, e, 3 * tol), note="forward+backward",
+                  floor=_floor(case, x_nhwc, True))
+    return rows + _note(bwd)
+
+
+def _encoder_floor(model: LiteViT, images: torch.Tensor, out: torch.Tensor, backward: bool) -> Floor:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(images)
+    flops = counter.get_total_flops() * (3 if backward else 1)
+    moved = (2 if backward else 1) * (_bytes(images, out) + _weight_bytes(model, images.dtype))
+    return Floor(bytes_moved=moved, flops=flops, flops_dtype=_flops_dtype(images.dtype, "matmul"))
 
 
 def _model_rows(device, dtype, batch, size, config, backward=True) -> List[Row]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     eager = _randomise_bn(LiteViT(config)).to(device=device, dtype=dtype).eval()
     fused = copy.deepcopy(eager)
-    fused.fused = True
+    fused.fused, fused.prepared = True, False
+    prepared = copy.deepcopy(fused)
+    prepared.prepared = True
     images = torch.randn(batch, 3, size, size, generator=gen).to(device=device, dtype=dtype)
     tol = REL_TOL[dtype]
     shape = f"B={batch} {size}^2"
     with torch.no_grad():
-        rows = compare("LiteViT forward", shape, dtype, device, Implementation("eager", lambda: eager(images)),
-                       _implementations(device, lambda: eager(images), lambda: fused(images)),
-                       matches=lambda g, e: _rel_close(g, e, 3 * tol), note="eval")
+        want = eager(images)
+        impls = [i for i in [_compiled(device, lambda: eager(images))] if i is not None]
+        impls += [Implementation("fused", _fused(device, lambda: fused(images))),
+                  Implementation("prepared", _fused(device, lambda: prepared(images)))]
+        if device.type == "cuda":
+            graphed = copy.deepcopy(prepared).compile_fused("reduce-overhead")
+            impls.append(Implementation("prepared+compiled (reduce-overhead)", _fused(device, lambda: graphed(images))))
+        rows = compare("LiteViT forward", shape, dtype, device, Implementation("eager", lambda: eager(images)), impls,
+                       matches=lambda g, e: _rel_close(g, e, 3 * tol), note="eval",
+                       floor=_encoder_floor(eager, images, want, False))
     for row in rows:
         if row.median_ms:
-            row.note = f"{row.median_ms / batch:.3f} ms/image"
+            row.note = f"{row.median_ms / batch:.3f} ms/image, {row.pct_of_floor:.0f}% of floor"
     if not backward:
         return rows
 
@@ -243,9 +284,10 @@ def _model_rows(device, dtype, batch, size, config, backward=True) -> List[Row]:
             return list(torch.autograd.grad(out.float().square().mean(), list(model.parameters())))
         return fn
 
-    rows += compare("LiteViT forward+backward", shape, dtype, device, Implementation("eager", step(eager)),
-                    _implementations(device, step(eager), step(fused), compile_baseline=False),
-                    matches=lambda g, e: _rel_close(g, e, 10 * tol), note="eval-mode BN, grads of all parameters")
+    rows += _note(compare("LiteViT forward+backward", shape, dtype, device, Implementation("eager", step(eager)),
+                          [Implementation("fused", _fused(device, step(fused)))],
+                          matches=lambda g, e: _rel_close(g, e, 10 * tol), note="eval-mode BN, grads of all parameters",
+                          floor=_encoder_floor(eager, images, want, True)))
     return rows
 
 
@@ -254,10 +296,9 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     if device.type == "cuda":
         dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)
         batches = (8,) if quick else (1, 8)  # quick: the target batch of PERFORMANCE.md, fp16 only
-        scale, size, config = 1, 1024, LiteViTConfig()
+        scale, size = 1, 1024
     else:
-        dtypes, batches, scale, size = (torch.float32,), (1,), 16, 128
-        config = LiteViTConfig()
+        dtypes, batches, scale, size = (torch.float32, torch.bfloat16), (1,), 16, 128
     for dtype in dtypes[:1] if quick else dtypes:
         for batch in batches:
             torch.manual_seed(0)
@@ -266,5 +307,5 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
                 selected = [c for c in selected if c.op.endswith("_block")]
             for case in selected:
                 rows += _op_rows(device, dtype, case)
-            rows += _model_rows(device, dtype, batch, size, config, backward=device.type == "cuda")
+            rows += _model_rows(device, dtype, batch, size, LiteViTConfig(), backward=device.type == "cuda")
     return rows

@@ -50,9 +50,19 @@ class LiteSAM(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (``model.to(torch.bfloat16)`` makes it bfloat16)."""
+        return self.ppn.heatmap.weight.dtype
+
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised, padded images (B, 3, S, S) -> image embeddings (B, C, S/16, S/16), AutoPPN heatmap
-        logits (B, 1, S/16, S/16) and box distances (B, 4, S/16, S/16)."""
+        logits (B, 1, S/16, S/16) and box distances (B, 4, S/16, S/16).
+
+        Outside autocast the images are cast to the model's dtype first (so float32 pixels feed a bfloat16
+        model); under ``torch.autocast`` they go in as they are and autocast picks each op's dtype."""
+        if not torch.is_autocast_enabled(images.device.type) and images.is_floating_point():
+            images = images.to(self.dtype)
         embeddings = self.image_encoder(images)
         heatmap_logits, box_regression = self.ppn(embeddings)
         return embeddings, heatmap_logits, box_regression

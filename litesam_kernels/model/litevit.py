@@ -29,7 +29,7 @@ Every block is its own ``nn.Module`` (``ConvBNAct``, ``MultiScalePool``, ``ConvM
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +48,13 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        # statistics in float32 for 16-bit input (float64 stays float64), the result in x's dtype
+        acc = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(acc)
+        mean = xf.mean(1, keepdim=True)
+        var = (xf - mean).pow(2).mean(1, keepdim=True)
+        xf = (xf - mean) / torch.sqrt(var + self.eps)
+        return (self.weight.to(acc)[:, None, None] * xf + self.bias.to(acc)[:, None, None]).to(x.dtype)
 
 
 class ConvBNAct(nn.Module):
@@ -142,7 +145,8 @@ class PooledKVAttention(nn.Module):
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         q = self.q(tokens).view(b, h * w, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(self.pooled_tokens(x)).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        sources = self.pooled_tokens(x)  # explicit length: view(b, -1, ...) is ambiguous for an empty batch
+        kv = self.kv(sources).view(b, sources.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1])
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return out.transpose(1, 2).reshape(b, c, h, w)
@@ -166,7 +170,14 @@ class AttentionBlock(nn.Module):
 
 
 class LiteViT(nn.Module):
-    """The encoder: (B, 3, S, S) normalised image -> (B, out_channels, S/16, S/16). See the module table."""
+    """The encoder: (B, 3, S, S) normalised image -> (B, out_channels, S/16, S/16). See the module table.
+
+    ``fused=True`` runs the forward on the fused channels-last ops (``litevit_fused.py``: same parameters,
+    any floating dtype, autocast, training). Its inference forwards are *prepared* (``litevit_prepared.py``):
+    BatchNorm folds, weight casts and kernel layouts are computed once per (dtype, device) and reused until
+    a parameter or buffer changes; ``prepared = False`` folds on every call instead. ``compile_fused(mode)``
+    compiles the prepared path (``mode="reduce-overhead"``: CUDA graphs at batch 1 on a GPU).
+    """
 
     stride = 16
 
@@ -174,6 +185,7 @@ class LiteViT(nn.Module):
         super().__init__()
         self.config = config
         self.fused = fused  # forward on the fused channels-last ops (litevit_fused.py), same parameters
+        self.prepared = True  # fused inference on cached folds (litevit_prepared.py)
         c1, c2, c3 = config.stage_channels
         d1, d2, d3 = config.stage_depths
         s1, s2 = config.stem_channels
@@ -204,6 +216,23 @@ class LiteViT(nn.Module):
         x = self.stage2(self.down1(x))
         x = self.stage3(self.down2(x))
         return self.neck(x)
+
+    def invalidate_prepared(self) -> None:
+        """Drop the prepared weights of the fused inference path (recomputed by the next forward). Needed only
+        after changes torch's version counters cannot see: writes through ``param.data``, or a change of a
+        non-tensor attribute such as a BatchNorm's ``eps``."""
+        from litesam_kernels.model import litevit_prepared
+
+        litevit_prepared.cache_of(self).clear()
+
+    def compile_fused(self, mode: Optional[str] = "reduce-overhead", **options) -> "LiteViT":
+        """Run the fused inference path through ``torch.compile(..., mode=mode, fullgraph=True, **options)``
+        on the prepared weights (``mode=None`` and no options: back to eager). Returns ``self``. On a GPU,
+        ``"reduce-overhead"`` replays the encoder as one CUDA graph; on CPU it is a plain compile."""
+        from litesam_kernels.model import litevit_prepared
+
+        litevit_prepared.cache_of(self).set_compile(mode, options)
+        return self
 
     def parameter_table(self) -> List[Tuple[str, int]]:
         """(part, parameter count) in forward order, then ("total", n): the docstring's table."""

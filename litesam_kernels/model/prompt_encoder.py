@@ -13,35 +13,60 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from litesam_kernels.model._autocast import autocast_off
 from litesam_kernels.model.litevit import LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):
-    """Random Fourier features of (x, y) in [0, 1]^2 (SAM's, buffer ``positional_encoding_gaussian_matrix``)."""
+    """Random Fourier features of (x, y) in [0, 1]^2 (SAM's, buffer ``positional_encoding_gaussian_matrix``).
+
+    Always float32 (float64 in a float64 model), with autocast off: ``sin(2 pi (2c - 1) G)`` reaches tens of
+    radians, where a 16-bit argument (or a 16-bit ``G``: 0.2% off, i.e. ~0.04 rad) would shift the features by
+    ten times their own 16-bit rounding. ``model.half()`` / ``.to(torch.bfloat16)`` therefore keep the matrix
+    in float32 (on the new device); the prompt encoder casts the features to the model's dtype.
+    """
 
     def __init__(self, num_pos_feats: int = 64, scale: Optional[float] = None) -> None:
         super().__init__()
         scale = 1.0 if scale is None or scale <= 0.0 else scale
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
 
+    def _apply(self, fn, recurse=True):
+        matrix = self.positional_encoding_gaussian_matrix
+        super()._apply(fn, recurse)
+        converted = self.positional_encoding_gaussian_matrix
+        if converted.dtype in _HALF and matrix.dtype not in _HALF:
+            self.positional_encoding_gaussian_matrix = matrix.to(converted.device)
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.promote_types(self.positional_encoding_gaussian_matrix.dtype, torch.float32)
+
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
-        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
-        coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        """coords (..., 2) in ``compute_dtype`` -> (..., C) in ``compute_dtype``."""
+        with autocast_off(coords.device.type):
+            coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix.to(coords.dtype)
+            coords = 2 * math.pi * coords
+            return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
 
     def forward(self, size: Tuple[int, int]) -> torch.Tensor:
         """The (C, h, w) encoding of the centres of an h x w grid."""
         h, w = size
         device = self.positional_encoding_gaussian_matrix.device
-        grid = torch.ones((h, w), device=device, dtype=torch.float32)
+        grid = torch.ones((h, w), device=device, dtype=self.compute_dtype)
         y_embed = (grid.cumsum(dim=0) - 0.5) / h
         x_embed = (grid.cumsum(dim=1) - 0.5) / w
         return self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1)).permute(2, 0, 1)
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
         """Encode (..., 2) pixel coordinates (x, y) of an image of ``image_size`` = (H, W)."""
-        size = torch.tensor([float(image_size[1]), float(image_size[0])], device=coords.device)
-        return self._pe_encoding((coords / size).to(torch.float))
+        dtype = self.compute_dtype
+        size = torch.tensor([float(image_size[1]), float(image_size[0])], device=coords.device, dtype=dtype)
+        return self._pe_encoding(coords.to(dtype) / size)
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class PromptEncoder(nn.Module):
@@ -67,29 +92,35 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's dtype (of its embeddings), in which every output is returned."""
+        return self.no_mask_embed.weight.dtype
+
     def get_dense_pe(self) -> torch.Tensor:
         """(1, C, h, w) positional encoding of the image embedding's grid."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0).to(self.dtype)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
-        points = points + 0.5  # pixel index -> pixel centre
+        # pixel index -> pixel centre, in the encoding's dtype (in bf16, 1000.5 would round to 1000)
+        points = points.to(self.pe_layer.compute_dtype) + 0.5
         if pad:  # SAM appends a "not a point" token when there is no box
             points = torch.cat([points, points.new_zeros(*points.shape[:-2], 1, 2)], dim=-2)
             labels = torch.cat([labels, -labels.new_ones(*labels.shape[:-1], 1)], dim=-1)
-        embedding = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        embedding = self.pe_layer.forward_with_coords(points, self.input_image_size).to(self.dtype)
         labels = labels[..., None]
         embedding = torch.where(labels == -1, self.not_a_point_embed.weight, embedding)
         embedding = embedding + torch.where(labels == 0, self.point_embeddings[0].weight, 0.0)
         return embedding + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        corners = (boxes + 0.5).reshape(*boxes.shape[:-1], 2, 2)
-        embedding = self.pe_layer.forward_with_coords(corners, self.input_image_size)
+        corners = (boxes.to(self.pe_layer.compute_dtype) + 0.5).reshape(*boxes.shape[:-1], 2, 2)
+        embedding = self.pe_layer.forward_with_coords(corners, self.input_image_size).to(self.dtype)
         corner_embeddings = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
         return embedding + corner_embeddings
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        return self.mask_downscaling(masks)
+        return self.mask_downscaling(masks.to(self.dtype))
 
     def embed_prompts(self, points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                       boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -115,9 +146,9 @@ class PromptEncoder(nn.Module):
             batch = masks.shape[0]
         else:
             batch = 1
-        device = self.point_embeddings[0].weight.device
+        weight = self.point_embeddings[0].weight
         if points is None and boxes is None:
-            sparse = torch.empty((batch, 0, self.embed_dim), device=device)
+            sparse = weight.new_empty((batch, 0, self.embed_dim))
         else:
             sparse = self.embed_prompts(points, boxes)
         if masks is not None:
