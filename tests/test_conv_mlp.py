@@ -10,6 +10,7 @@ from litesam_kernels import _backend
 from litesam_kernels.model.litevit import AttentionBlock, ConvMLP
 from litesam_kernels.ops.conv_mlp import _conv_mlp_reference, conv_mlp, fold_batchnorm_into_linear
 from litesam_kernels.ops.layer_norm import layer_norm2d
+from tests.dense_checks import assert_close_scaled, float64_copies
 from tests.helpers import runnable_backends
 
 OP = _backend.implementations("conv_mlp")
@@ -20,14 +21,6 @@ TOL = {torch.float32: 1e-4}
 # bfloat16 <= 5.2e-3 (16-bit weights and hidden values, tanh-form GELU). Bounds: about 2x that.
 HALF_TOL = {torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
 HALF = [torch.float16, torch.bfloat16]
-
-
-def assert_close_scaled(got, want, tol):
-    """max |got - want| <= tol * max |want| (the metric of HALF_TOL)."""
-    got, want = got.detach().double(), want.detach().double()
-    assert got.shape == want.shape
-    error, scale = float((got - want).abs().max()), float(want.abs().max())
-    assert error <= tol * scale, f"max error {error:.3g} > {tol:g} x max |reference| {scale:.3g}"
 
 
 def _inputs(m_shape, c, hid, dtype, requires_grad=False, residual=True, norm=False):
@@ -45,10 +38,6 @@ def _inputs(m_shape, c, hid, dtype, requires_grad=False, residual=True, norm=Fal
 
 def _norm_kwargs(norm_weight, norm_bias, eps=1e-6):
     return dict(norm_weight=norm_weight, norm_bias=norm_bias, norm_eps=eps)
-
-
-def _float64_copies(tensors):
-    return [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
 
 
 def _grads(out, leaves, grad):
@@ -93,7 +82,7 @@ class TestConvMLP:
             got_grads = _grads(got, leaves, grad.to(dtype))
         assert got.dtype == dtype
         assert [g.dtype for g in got_grads] == [dtype] + [torch.float32] * (len(leaves) - 1)
-        x64, *params64 = _float64_copies(leaves)
+        x64, *params64 = float64_copies(leaves)
         want = _conv_mlp_reference(x64, *params64[:4], x64, *params64[4:])
         assert_close_scaled(got, want, HALF_TOL[dtype])
         for g, e in zip(got_grads, _grads(want, [x64, *params64], grad)):
@@ -298,7 +287,7 @@ def test_every_launch_configuration(family, bound, index):
         plain = conv_mlp(x, w1, b1, w2, b2, residual=x)
         fused = conv_mlp(x, w1, b1, w2, b2, residual=x, **_norm_kwargs(nw, nb))
         got_grads = _grads(fused, leaves, grad.to(dtype))
-    x64, *p64 = _float64_copies(leaves)
+    x64, *p64 = float64_copies(leaves)
     tol = HALF_TOL.get(dtype, 1e-5)
     assert_close_scaled(plain, _conv_mlp_reference(x64, *p64[:4], x64), tol)
     want = _conv_mlp_reference(x64, *p64[:4], x64, *p64[4:])
@@ -324,7 +313,7 @@ def test_float32_dots_follow_cudnn_tf32_switch(cudnn_tf32, monkeypatch):
 
     monkeypatch.delenv("LITESAM_FP32_DOT", raising=False)
     x, w1, b1, w2, b2, _, nw, nb = _inputs((96,), 128, 640, torch.float32, norm=True)
-    want = _conv_mlp_reference(*_float64_copies([x, w1, b1, w2, b2]), None, *_float64_copies([nw, nb]))
+    want = _conv_mlp_reference(*float64_copies([x, w1, b1, w2, b2]), None, *float64_copies([nw, nb]))
 
     def relative_error():
         with emulated_tf32(), lk.use_backend("triton"):

@@ -4,7 +4,7 @@
 ``litesam_kernels.triton``, compiles each entry of its ``AOT_KERNELS`` list
 ``(kernel, signature, constexprs, options)`` for ``GPUTarget("cuda", arch, 32)``, and prints registers,
 shared memory and spills per kernel. Exit status 1 if any kernel fails to compile, or if a module
-defines ``@triton.jit`` kernels that ``AOT_KERNELS`` does not cover.
+defines ``@triton.jit`` kernels that ``AOT_KERNELS`` does not cover (:func:`launched_kernels`).
 
 A signature type may end in ``":16"`` (``"*fp16:16"``, ``"i32:16"``, as in ``triton.tools.compile``): the
 argument is compiled as the JIT specialises a 16-byte-aligned pointer or an integer divisible by 16 at run
@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 import time
 
@@ -34,6 +35,19 @@ def ast_source(fn, signature, constexprs):
         if hint:
             attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
     return ASTSource(fn=fn, signature=types, constexprs=constexprs, attrs=attrs)
+
+
+def launched_kernels(module) -> set:
+    """Names of the module's own ``@triton.jit`` functions that none of them calls: the kernels a launcher
+    starts. Helpers called from a kernel are compiled into it (imported ones, e.g. ``_activations.gelu``,
+    belong to their own module), so they need no ``AOT_KERNELS`` entry of their own."""
+    import triton
+
+    own = {name: fn for name, fn in vars(module).items()
+           if isinstance(fn, triton.runtime.JITFunction) and fn.__module__ == module.__name__}
+    called = {name for name in own for other_name, other in own.items()
+              if other_name != name and re.search(rf"\b{re.escape(name)}\s*\(", other.src)}
+    return set(own) - called
 
 
 def main(argv=None) -> int:
@@ -63,7 +77,7 @@ def main(argv=None) -> int:
             continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         entries = getattr(module, "AOT_KERNELS", [])
-        jitted = {name for name, obj in vars(module).items() if isinstance(obj, triton.runtime.JITFunction)}
+        jitted = launched_kernels(module)
         covered = set()
         for kernel, signature, constexprs, options in entries:
             fn = kernel
