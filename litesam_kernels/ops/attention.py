@@ -1,4 +1,4 @@
-"""Pooled-KV attention of LiteViT's attention stage, channels-last, as two fused ops and their composition.
+"""Pooled-KV attention of LiteViT's attention stage, channels-last, as fused ops and their composition.
 
 - :func:`kv_pool2d`: the key/value sources, ``(B, H, W, C)`` -> ``(B, sum_s ceil(H/s) ceil(W/s), C)``:
   average pools of stride = size ``s`` (ceil mode, partial windows averaged over their cells inside the
@@ -7,13 +7,18 @@
   tensors (a linear layer's output viewed as heads: no transposes), flash-style: online softmax, no
   ``Lq x Lk`` matrix in memory, fp32 accumulation.
 - :func:`multi_head_attention_projected`: ``[residual +] MHA(q, k, v) W_proj^T + b_proj`` with the output
-  projection, its bias and the residual fused into the attention kernel's epilogue (output channels <= 256).
+  projection, its bias and the residual fused into the attention kernel's epilogue (output channels <= 256,
+  head dim <= 64).
 - :func:`pooled_kv_attention`: ``residual + proj(MHA(Wq t, Wkv kv_pool2d(t)))``: LiteViT's
   ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``.
 
 Pooling happens before the K/V projection, not inside the attention kernel's K/V load: average pooling
 commutes with the affine projection, and projecting the pooled tokens (HW/4 + HW/16 of them) costs 3.2x
 fewer FLOPs and bytes than projecting all HW tokens and pooling K/V on the fly.
+
+Precision: 16-bit operands with float32 accumulation (float64 for float64); float32 operands use TF32
+tensor cores only when ``torch.backends.cuda.matmul.allow_tf32`` allows it, as eager matmuls do (about
+1e-3 relative error per product; ``LITESAM_FP32_DOT`` overrides). Op bodies run outside autocast.
 """
 from __future__ import annotations
 
