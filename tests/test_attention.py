@@ -1,19 +1,28 @@
-"""Pooled-KV attention: multi_head_attention and kv_pool2d against their references (and torch SDPA /
-avg_pool2d), gradients, and pooled_kv_attention against the model's PooledKVAttention module."""
+"""Pooled-KV attention: multi_head_attention, multi_head_attention_projected and kv_pool2d against their
+references (and torch SDPA / avg_pool2d), gradients, half precision and autocast, TF32, every GPU launch
+configuration, and pooled_kv_attention against the model's PooledKVAttention module."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import litesam_kernels as lk
 from litesam_kernels import _backend
 from litesam_kernels.model.litevit import PooledKVAttention
-from litesam_kernels.ops.attention import (_attention_reference, _kv_pool_reference, kv_pool2d,
-                                           multi_head_attention, pooled_kv_attention)
+from litesam_kernels.ops.attention import (_attention_projected_reference, _attention_reference,
+                                           _kv_pool_backward_reference, _kv_pool_reference, kv_pool2d,
+                                           multi_head_attention, multi_head_attention_projected, pooled_kv_attention)
+from tests.dense_checks import assert_close_scaled, float64_copies
 from tests.helpers import runnable_backends
 
 ATTN = _backend.implementations("multi_head_attention")
 POOL = _backend.implementations("kv_pool2d")
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Half precision against float64 on the same (16-bit) inputs, as max |error| / max |reference| per tensor
+# (output and every gradient). Measured under the interpreter (Lq 64-150, Lk 21-130, D 16-64, with and without
+# the fused projection + residual, and kv_pool2d): float16 <= 8.4e-4, bfloat16 <= 5.3e-3. Bounds: about 2x.
+HALF_TOL = {torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
+HALF = [torch.float16, torch.bfloat16]
 
 
 def _qkv(b, lq, lk_, nh, d, dtype, requires_grad=False):
@@ -21,14 +30,30 @@ def _qkv(b, lq, lk_, nh, d, dtype, requires_grad=False):
     return [t.requires_grad_(requires_grad) for t in (q, k, v)]
 
 
+def _projection(cout, c, b, lq, dtype, requires_grad=False):
+    """wproj, bproj (float32, float64 for float64) and a residual in dtype."""
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    wproj = torch.randn(cout, c, dtype=pdt) / c ** 0.5
+    bproj = 0.1 * torch.randn(cout, dtype=pdt)
+    residual = torch.randn(b, lq, cout, dtype=torch.float64).to(dtype)
+    return [t.requires_grad_(requires_grad) for t in (wproj, bproj, residual)]
+
+
 def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(*(t.double().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+
+
+def _check_against_float64(got, got_grads, want, leaves64, grad, tol):
+    assert_close_scaled(got, want, tol)
+    for g, e in zip(got_grads, torch.autograd.grad(want, leaves64, grad)):
+        assert_close_scaled(g, e, tol)
 
 
 class TestMultiHeadAttention:
     @pytest.mark.parametrize("backend", runnable_backends(ATTN))
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-    @pytest.mark.parametrize("b,lq,lk_,nh,d", [(2, 70, 21, 2, 16), (1, 5, 130, 1, 32), (1, 1, 1, 3, 32)])
+    @pytest.mark.parametrize("b,lq,lk_,nh,d", [(2, 70, 21, 2, 16), (1, 5, 130, 1, 32), (1, 1, 1, 3, 32),
+                                               (1, 33, 128, 2, 64)])
     def test_forward_matches_sdpa(self, backend, dtype, b, lq, lk_, nh, d):
         q, k, v = _qkv(b, lq, lk_, nh, d, dtype)
         with lk.use_backend(backend):
@@ -53,6 +78,21 @@ class TestMultiHeadAttention:
         tol = 1e-4 if dtype == torch.float32 else 1e-2
         for g, e in zip(got, want):
             torch.testing.assert_close(g.float(), e.float(), atol=tol, rtol=tol)
+
+    @pytest.mark.parametrize("backend", runnable_backends(ATTN))
+    @pytest.mark.parametrize("dtype", HALF)
+    @pytest.mark.parametrize("b,lq,lk_,nh,d", [(2, 70, 21, 2, 16), (1, 150, 130, 4, 32), (1, 64, 128, 2, 64)])
+    def test_half_precision_against_float64(self, backend, dtype, b, lq, lk_, nh, d):
+        """Forward and backward in 16 bits (key tails and exact multiples of the key block)."""
+        q, k, v = _qkv(b, lq, lk_, nh, d, dtype, requires_grad=True)
+        grad = torch.randn(b, lq, nh, d, dtype=torch.float64)
+        with lk.use_backend(backend):
+            got = multi_head_attention(q, k, v)
+            got_grads = torch.autograd.grad(got, (q, k, v), grad.to(dtype))
+        assert got.dtype == dtype and all(g.dtype == dtype for g in got_grads)
+        leaves = float64_copies([q, k, v])
+        want = _attention_reference(*leaves, d ** -0.5)[0]
+        _check_against_float64(got, got_grads, want, leaves, grad, HALF_TOL[dtype])
 
     @pytest.mark.parametrize("backend", runnable_backends(ATTN))
     def test_strided_inputs_and_large_logits(self, backend):
@@ -85,9 +125,87 @@ class TestMultiHeadAttention:
             torch.library.opcheck(torch.ops.litesam.multi_head_attention, (q, k, v, 0.25))
 
 
+class TestMultiHeadAttentionProjected:
+    @pytest.mark.parametrize("backend", runnable_backends(ATTN))
+    @pytest.mark.parametrize("residual", [True, False])
+    @pytest.mark.parametrize("b,lq,lk_,nh,d,cout", [(2, 70, 21, 2, 16, 32), (1, 45, 130, 4, 32, 128),
+                                                    (1, 20, 9, 1, 64, 48)])
+    def test_matches_attention_then_linear(self, backend, residual, b, lq, lk_, nh, d, cout):
+        """== linear(multi_head_attention(q, k, v).flatten(2), wproj, bproj) [+ residual], values and gradients
+        (any output width up to 256, not only heads x D)."""
+        q, k, v = _qkv(b, lq, lk_, nh, d, torch.float32, requires_grad=True)
+        wproj, bproj, res = _projection(cout, nh * d, b, lq, torch.float32, requires_grad=True)
+        res = res if residual else None
+        leaves = [q, k, v, wproj, bproj] + ([res] if residual else [])
+        grad = torch.randn(b, lq, cout)
+        with lk.use_backend(backend):
+            got = multi_head_attention_projected(q, k, v, wproj, bproj, res)
+            want = F.linear(multi_head_attention(q, k, v).flatten(2), wproj, bproj) + (0 if res is None else res)
+            got_grads = torch.autograd.grad(got, leaves, grad)
+            want_grads = torch.autograd.grad(want, leaves, grad)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        for g, e in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+    @pytest.mark.parametrize("backend", runnable_backends(ATTN))
+    @pytest.mark.parametrize("dtype", HALF)
+    def test_half_precision_against_float64(self, backend, dtype):
+        """16-bit activations and residual with float32 projection weights (as autocast gives them)."""
+        q, k, v = _qkv(2, 75, 70, 4, 32, dtype, requires_grad=True)
+        wproj, bproj, res = _projection(128, 128, 2, 75, dtype, requires_grad=True)
+        leaves = [q, k, v, wproj, bproj, res]
+        grad = torch.randn(2, 75, 128, dtype=torch.float64)
+        with lk.use_backend(backend):
+            got = multi_head_attention_projected(q, k, v, wproj, bproj, res)
+            got_grads = torch.autograd.grad(got, leaves, grad.to(dtype))
+        assert got.dtype == dtype
+        assert [g.dtype for g in got_grads] == [dtype] * 3 + [torch.float32] * 2 + [dtype]
+        q64, k64, v64, w64, b64, r64 = leaves64 = float64_copies(leaves)
+        want = _attention_projected_reference(q64, k64, v64, 32 ** -0.5, w64, b64, r64)[0]
+        _check_against_float64(got, got_grads, want, leaves64, grad, HALF_TOL[dtype])
+
+    @pytest.mark.parametrize("backend", runnable_backends(ATTN))
+    def test_gradcheck_float64(self, backend):
+        q, k, v = _qkv(1, 7, 5, 2, 16, torch.float64, requires_grad=True)
+        wproj, bproj, res = _projection(24, 32, 1, 7, torch.float64, requires_grad=True)
+        with lk.use_backend(backend):
+            assert torch.autograd.gradcheck(
+                lambda *t: multi_head_attention_projected(*t[:5], t[5], scale=0.4), (q, k, v, wproj, bproj, res),
+                fast_mode=True)
+
+    def test_errors(self):
+        q, k, v = _qkv(1, 4, 3, 2, 16, torch.float32)
+        wproj, bproj, res = _projection(32, 32, 1, 4, torch.float32)
+        with pytest.raises(ValueError, match="wproj"):
+            multi_head_attention_projected(q, k, v, wproj[:, :16], bproj)
+        with pytest.raises(ValueError, match="wproj"):
+            multi_head_attention_projected(q, k, v, torch.randn(300, 32), torch.randn(300))
+        with pytest.raises(ValueError, match="bproj"):
+            multi_head_attention_projected(q, k, v, wproj, bproj[:3])
+        with pytest.raises(ValueError, match="residual"):
+            multi_head_attention_projected(q, k, v, wproj, bproj, res[:, :2])
+        with pytest.raises(TypeError, match="residual"):
+            multi_head_attention_projected(q, k, v, wproj, bproj, res.double())
+        with pytest.raises(TypeError, match="wproj"):
+            multi_head_attention_projected(q, k, v, wproj.int(), bproj)
+        q128, k128, v128 = _qkv(1, 4, 3, 1, 128, torch.float32)
+        with pytest.raises(ValueError, match="head dim"):
+            multi_head_attention_projected(q128, k128, v128, torch.randn(32, 128), bproj)
+        with pytest.raises(ValueError, match="wproj"):
+            torch.ops.litesam.multi_head_attention_projected(q, k, v, 0.25, wproj[:, :3], bproj, None)
+
+    @pytest.mark.parametrize("backend", runnable_backends(ATTN))
+    def test_opcheck(self, backend):
+        q, k, v = _qkv(1, 6, 5, 2, 16, torch.float32, requires_grad=True)
+        wproj, bproj, res = _projection(32, 32, 1, 6, torch.float32, requires_grad=True)
+        with lk.use_backend(backend):
+            torch.library.opcheck(torch.ops.litesam.multi_head_attention_projected, (q, k, v, 0.25, wproj, bproj, res))
+            torch.library.opcheck(torch.ops.litesam.multi_head_attention_projected, (q, k, v, 0.25, wproj, bproj, None))
+
+
 class TestKVPool2d:
     @pytest.mark.parametrize("backend", runnable_backends(POOL))
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("shape,sizes", [((2, 8, 8, 6), (2, 4)), ((1, 7, 9, 20), (2, 4)), ((1, 3, 2, 5), (4,)),
                                              ((1, 5, 5, 3), (1, 2, 3))])
     def test_matches_avg_pool(self, backend, dtype, shape, sizes):
@@ -109,6 +227,19 @@ class TestKVPool2d:
         want = torch.autograd.grad(_kv_pool_reference(x, [2, 4]), x, g)[0]
         torch.testing.assert_close(got, want)
 
+    @pytest.mark.parametrize("backend", runnable_backends(POOL))
+    @pytest.mark.parametrize("dtype", HALF)
+    def test_half_precision_backward(self, backend, dtype):
+        x = torch.randn(2, 9, 11, 40, dtype=torch.float64).to(dtype).requires_grad_()
+        with lk.use_backend(backend):
+            got = kv_pool2d(x, (2, 4))
+            grad = torch.randn_like(got)
+            got_grad = torch.autograd.grad(got, x, grad)[0]
+        assert got_grad.dtype == dtype
+        (x64,) = leaves = float64_copies([x])
+        _check_against_float64(got, [got_grad], _kv_pool_reference(x64, [2, 4]), leaves, grad.double(),
+                               HALF_TOL[dtype])
+
     def test_errors(self):
         with pytest.raises(ValueError, match="pool_sizes"):
             kv_pool2d(torch.randn(1, 4, 4, 2), (0,))
@@ -126,23 +257,197 @@ class TestKVPool2d:
             torch.library.opcheck(torch.ops.litesam.kv_pool2d, (x, [2, 4]))
 
 
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# the backends pooled_kv_attention's ops run on CPU (its GEMMs are torch's)
+BLOCK_BACKENDS = [p for p in runnable_backends(ATTN) if p.values[0] in ("reference", "triton")]
+
+
+def _block_inputs(module, dtype):
+    x = torch.randn(2, module.q.in_features, 7, 6)
+    t = x.permute(0, 2, 3, 1).to(dtype)
+    params = (module.q.weight, module.q.bias, module.kv.weight, module.kv.bias, module.proj.weight, module.proj.bias)
+    return x, t, params
+
+
 class TestPooledKVAttention:
-    @pytest.mark.parametrize("backend", ["reference", "triton"])
+    @pytest.mark.parametrize("backend", BLOCK_BACKENDS)
     def test_matches_model_module(self, backend):
-        if _backend.why_not(backend, ATTN, torch.device("cpu")):
-            pytest.skip(_backend.why_not(backend, ATTN, torch.device("cpu")))
         module = PooledKVAttention(32, 2, (2, 4))
-        x = torch.randn(2, 32, 7, 6)
+        x, t, params = _block_inputs(module, torch.float32)
         want = x + module(x)
-        t = x.permute(0, 2, 3, 1)
         with lk.use_backend(backend):
-            got = pooled_kv_attention(t, module.q.weight, module.q.bias, module.kv.weight, module.kv.bias,
-                                      module.proj.weight, module.proj.bias, 2, (2, 4), residual=t)
+            got = pooled_kv_attention(t, *params, 2, (2, 4), residual=t)
             grads = torch.autograd.grad(got.sum(), list(module.parameters()))
         torch.testing.assert_close(got.permute(0, 3, 1, 2), want, atol=1e-5, rtol=1e-5)
         want_grads = torch.autograd.grad(want.sum(), list(module.parameters()))
         for g, e in zip(grads, want_grads):
             torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+    @pytest.mark.parametrize("backend", BLOCK_BACKENDS)
+    @pytest.mark.parametrize("dtype", HALF)
+    def test_half_activations_float32_weights(self, backend, dtype):
+        """16-bit activations with the module's float32 parameters (the projections run in 16 bits), against
+        the float64 module on the same inputs."""
+        module = PooledKVAttention(64, 4, (2, 4))
+        x, t, params = _block_inputs(module, dtype)
+        with lk.use_backend(backend):
+            got = pooled_kv_attention(t, *params, 4, (2, 4), residual=t)
+        assert got.dtype == dtype
+        x64 = t.double().permute(0, 3, 1, 2)
+        want = x64 + module.double()(x64)
+        assert_close_scaled(got.permute(0, 3, 1, 2), want, HALF_TOL[dtype])
+
+    @pytest.mark.parametrize("backend", BLOCK_BACKENDS)
+    def test_autocast(self, backend):
+        module = PooledKVAttention(32, 2, (2, 4))
+        x, t, params = _block_inputs(module, torch.float32)
+        with lk.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+            t16 = F.linear(t, torch.eye(32))  # bf16 under autocast, as the preceding layer hands it over
+            got = pooled_kv_attention(t16, *params, 2, (2, 4), residual=t16)
+        assert got.dtype == torch.bfloat16
+        grads = torch.autograd.grad(got.float().sum(), list(module.parameters()))
+        assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+        x64 = t16.double().permute(0, 3, 1, 2)
+        assert_close_scaled(got.permute(0, 3, 1, 2), x64 + module.double()(x64), HALF_TOL[torch.bfloat16])
+
+    def test_output_projection_is_fused(self):
+        """The projection, its bias and the residual run in the attention op's epilogue (no separate GEMM)."""
+        module = PooledKVAttention(32, 2, (2, 4))
+        _, t, params = _block_inputs(module, torch.float32)
+        recorder = _OpRecorder()
+        with torch.no_grad(), recorder:
+            pooled_kv_attention(t, *params, 2, (2, 4), residual=t)
+        assert "litesam.multi_head_attention_projected.default" in recorder.ops
+        assert "litesam.multi_head_attention.default" not in recorder.ops
+        gemms = [op for op in recorder.ops if op.split(".")[1] in ("mm", "addmm", "bmm", "linear")]
+        assert len(gemms) == 2, recorder.ops  # the q and kv projections only
+
+
+# ------------------------------------------------------------------------- the Triton kernels' GPU paths
+def _triton_missing():
+    return _backend.why_not("triton", ATTN, torch.device("cpu"))
+
+
+triton_only = pytest.mark.skipif(bool(_triton_missing()), reason=str(_triton_missing()))
+
+
+def _families(*names):
+    if _triton_missing():
+        return []
+    from litesam_kernels.triton import attention as kernels
+
+    params = []
+    for name in names:
+        for bound, family in getattr(kernels, name).classes:
+            params += [pytest.param(family, bound, i, id=f"{family.name}[{i}]") for i in range(len(family))]
+    return params
+
+
+# an input of each per-head row-size class (element size x D): (dtype, D)
+_HEAD_CLASS_INPUTS = {64: (torch.float16, 32), 256: (torch.bfloat16, 128), 1024: (torch.float32, 128)}
+# and of each projection class (element size x padded output channels): (dtype, heads, D, C_out)
+_PROJ_CLASS_INPUTS = {256: (torch.bfloat16, 4, 32, 128), 512: (torch.float32, 2, 64, 128),
+                      2048: (torch.float32, 4, 64, 256)}
+
+
+@triton_only
+@pytest.mark.parametrize("family,bound,index", _families("FWD_CONFIGS", "DQ_CONFIGS", "DKV_CONFIGS"))
+def test_every_attention_configuration(family, bound, index):
+    """Each GPU configuration of the per-head kernels, forced under the interpreter on an input of its class:
+    a query tail and a key tail (two full key blocks before it), forward and backward against float64."""
+    from litesam_kernels.triton._configs import force_config
+
+    dtype, d = _HEAD_CLASS_INPUTS[bound]
+    meta = family.configs[index].meta
+    lq, lk_ = meta["BLOCK_M"] + 5, 2 * meta["BLOCK_N"] + 3
+    q, k, v = _qkv(1, lq, lk_, 2, d, dtype, requires_grad=True)
+    grad = torch.randn(1, lq, 2, d, dtype=torch.float64)
+    with lk.use_backend("triton"), force_config(family.name, index):
+        got = multi_head_attention(q, k, v)
+        got_grads = torch.autograd.grad(got, (q, k, v), grad.to(dtype))
+    leaves = float64_copies([q, k, v])
+    want = _attention_reference(*leaves, d ** -0.5)[0]
+    _check_against_float64(got, got_grads, want, leaves, grad, HALF_TOL.get(dtype, 1e-5))
+
+
+@triton_only
+@pytest.mark.parametrize("family,bound,index", _families("PROJ_CONFIGS"))
+def test_every_projection_configuration(family, bound, index):
+    from litesam_kernels.triton._configs import force_config
+
+    dtype, nh, d, cout = _PROJ_CLASS_INPUTS[bound]
+    meta = family.configs[index].meta
+    lq, lk_ = meta["BLOCK_M"] + 5, meta["BLOCK_N"] + 3
+    q, k, v = _qkv(1, lq, lk_, nh, d, dtype)
+    wproj, bproj, res = _projection(cout, nh * d, 1, lq, dtype)
+    with lk.use_backend("triton"), force_config(family.name, index):
+        got = multi_head_attention_projected(q, k, v, wproj, bproj, res)
+    q64, k64, v64, w64, b64, r64 = (t.double() for t in (q, k, v, wproj, bproj, res))
+    want = _attention_projected_reference(q64, k64, v64, d ** -0.5, w64, b64, r64)[0]
+    assert_close_scaled(got, want, HALF_TOL.get(dtype, 1e-5))
+
+
+@triton_only
+@pytest.mark.parametrize("name", ["attention.kv_pool_fwd", "attention.kv_pool_bwd"])
+def test_every_pool_configuration(name):
+    from litesam_kernels.triton import attention as kernels
+    from litesam_kernels.triton._configs import force_config
+
+    family = kernels.POOL_FWD_CONFIGS if name.endswith("fwd") else kernels.POOL_BWD_CONFIGS
+    x = torch.randn(1, 5, 34, 70, dtype=torch.float64)  # tails in W, in tokens and in channels for each block
+    grad = torch.randn(1, 3 * 17 + 2 * 9, 70, dtype=torch.float64)
+    want = _kv_pool_reference(x, [2, 4]) if name.endswith("fwd") else _kv_pool_backward_reference(grad, x, [2, 4])
+    for index in range(len(family)):
+        with lk.use_backend("triton"), force_config(name, index):
+            if name.endswith("fwd"):
+                got = kv_pool2d(x, (2, 4))
+            else:
+                got = torch.ops.litesam.kv_pool2d_backward(grad, x, [2, 4])
+        torch.testing.assert_close(got, want)
+
+
+@pytest.fixture
+def matmul_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@triton_only
+def test_float32_dots_follow_matmul_tf32_switch(matmul_tf32, monkeypatch):
+    """fp32 attention dots run as TF32 only when ``torch.backends.cuda.matmul.allow_tf32`` (off by default,
+    as for eager matmuls) allows it. With TF32 products emulated by the interpreter (tests/tf32_emulation.py),
+    the fused attention + projection at LiteViT's head shape (4 heads of 32, 1280 keys) was measured at 8.0e-4
+    of the output's max with TF32 and 5.7e-7 without."""
+    from tests.tf32_emulation import emulated_tf32
+
+    monkeypatch.delenv("LITESAM_FP32_DOT", raising=False)
+    q, k, v = _qkv(1, 64, 1280, 4, 32, torch.float32)
+    q = q * 2  # sharper softmax: TF32 rounding of the logits shows
+    wproj, bproj, res = _projection(128, 128, 1, 64, torch.float32)
+    want = _attention_projected_reference(*(t.double() for t in (q, k, v)), 32 ** -0.5, wproj.double(),
+                                          bproj.double(), None)[0]
+
+    def relative_error():
+        with emulated_tf32(), lk.use_backend("triton"):
+            got = multi_head_attention_projected(q, k, v, wproj, bproj)
+        return float((got.double() - want).abs().max() / want.abs().max())
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert relative_error() < 5e-6
+    torch.backends.cuda.matmul.allow_tf32 = True
+    assert 5e-5 < relative_error() < 3e-3
+    monkeypatch.setenv("LITESAM_FP32_DOT", "ieee")
+    assert relative_error() < 5e-6
 
 
 @pytest.mark.gpu
@@ -161,3 +466,13 @@ class TestAttentionGPU:
         want_grads = torch.autograd.grad(want.sum(), (q, kv))
         for g, e in zip(grads, want_grads):
             torch.testing.assert_close(g.double(), e, atol=tol * 40, rtol=tol * 10)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+    def test_projected_real_shape(self, dtype):
+        from tests.dense_gpu import check_triton_on_gpu
+
+        q, k, v = _qkv(2, 4096, 1280, 4, 32, dtype)
+        wproj, bproj, res = _projection(128, 128, 2, 4096, dtype)
+        check_triton_on_gpu(lambda *t: multi_head_attention_projected(*t),
+                            lambda q, k, v, w, b, r: _attention_projected_reference(q, k, v, 32 ** -0.5, w, b, r)[0],
+                            [q, k, v, wproj, bproj, res], dtype)

@@ -9,7 +9,8 @@ from litesam_kernels.ops.small_regions import connected_components, remove_small
 # AutoPPN prompt decoding.
 from litesam_kernels.ops.ppn_decode import PPNPrompts, ppn_decode
 # LiteViT blocks (channels-last, forward and backward).
-from litesam_kernels.ops.attention import kv_pool2d, multi_head_attention, pooled_kv_attention
+from litesam_kernels.ops.attention import (kv_pool2d, multi_head_attention, multi_head_attention_projected,
+                                          pooled_kv_attention)
 from litesam_kernels.ops.conv_block import dwconv_act, fold_batchnorm
 from litesam_kernels.ops.conv_mlp import conv_mlp, fold_batchnorm_into_linear
 from litesam_kernels.ops.layer_norm import layer_norm2d
@@ -34,6 +35,7 @@ __all__ = [
     "masks_to_boxes",
     "matrix_nms",
     "multi_head_attention",
+    "multi_head_attention_projected",
     "nms",
     "pool_mixer",
     "pooled_kv_attention",

@@ -1,4 +1,4 @@
-"""Pooled-KV attention of LiteViT's attention stage, channels-last, as two fused ops and their composition.
+"""Pooled-KV attention of LiteViT's attention stage, channels-last, as fused ops and their composition.
 
 - :func:`kv_pool2d`: the key/value sources, ``(B, H, W, C)`` -> ``(B, sum_s ceil(H/s) ceil(W/s), C)``:
   average pools of stride = size ``s`` (ceil mode, partial windows averaged over their cells inside the
@@ -6,12 +6,19 @@
 - :func:`multi_head_attention`: ``softmax(q k^T * scale) v`` per head over token-major ``(B, L, heads, D)``
   tensors (a linear layer's output viewed as heads: no transposes), flash-style: online softmax, no
   ``Lq x Lk`` matrix in memory, fp32 accumulation.
+- :func:`multi_head_attention_projected`: ``[residual +] MHA(q, k, v) W_proj^T + b_proj`` with the output
+  projection, its bias and the residual fused into the attention kernel's epilogue (output channels <= 256,
+  head dim <= 64).
 - :func:`pooled_kv_attention`: ``residual + proj(MHA(Wq t, Wkv kv_pool2d(t)))``: LiteViT's
   ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``.
 
 Pooling happens before the K/V projection, not inside the attention kernel's K/V load: average pooling
 commutes with the affine projection, and projecting the pooled tokens (HW/4 + HW/16 of them) costs 3.2x
 fewer FLOPs and bytes than projecting all HW tokens and pooling K/V on the fly.
+
+Precision: 16-bit operands with float32 accumulation (float64 for float64); float32 operands use TF32
+tensor cores only when ``torch.backends.cuda.matmul.allow_tf32`` allows it, as eager matmuls do (about
+1e-3 relative error per product; ``LITESAM_FP32_DOT`` overrides). Op bodies run outside autocast.
 """
 from __future__ import annotations
 
@@ -23,12 +30,15 @@ import torch.nn.functional as F
 
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_real, check_same_device, check_tensor
-from litesam_kernels.ops._dense import DTYPES, acc_dtype, check_nhwc
+from litesam_kernels.ops._autocast import autocast_off
+from litesam_kernels.ops._dense import DTYPES, acc_dtype, check_like, check_nhwc, check_vector
 
 _ATTENTION = _backend.register(_backend.OpImplementations("multi_head_attention", has_triton=True))
 _KV_POOL = _backend.register(_backend.OpImplementations("kv_pool2d", has_triton=True))
 HEAD_DIMS = (16, 32, 64, 128)
 MAX_POOL = 8
+MAX_PROJECTED_CHANNELS = 256  # the fused projection keeps a query tile's output channels on chip
+PROJECTED_HEAD_DIMS = (16, 32, 64)  # and a head's state beside them (D = 128 would spill registers)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -53,6 +63,30 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     return torch.ops.litesam.multi_head_attention(q, k, v, scale)[0]
 
 
+def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wproj: torch.Tensor,
+                                   bproj: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                                   scale: Optional[float] = None) -> torch.Tensor:
+    """``[residual +] MHA(q, k, v).view(B, Lq, heads * D) @ wproj.T + bproj`` in one fused kernel.
+
+    Args:
+        q, k, v, scale: as :func:`multi_head_attention`, with D in (16, 32, 64).
+        wproj: ``(C_out, heads * D)``, bproj: ``(C_out,)``, floating, on q's device, 1 <= C_out <= 256 (an
+            ``nn.Linear``'s weight and bias); cast to q's dtype (bias: the accumulation dtype).
+        residual: None or ``(B, Lq, C_out)`` with q's dtype, added to the output.
+
+    Returns:
+        ``(B, Lq, C_out)`` contiguous, q's dtype. The attention output is rounded to q's dtype before the
+        projection, as the unfused ``linear(multi_head_attention(...))`` computes it. Differentiable.
+
+    Raises:
+        TypeError / ValueError for bad types, shapes, devices or scale.
+    """
+    scale = _scale(q, scale)
+    _check_attention(q, k, v, scale)
+    _check_projection(q, wproj, bproj, residual)
+    return torch.ops.litesam.multi_head_attention_projected(q, k, v, scale, wproj, bproj, residual)[0]
+
+
 def kv_pool2d(x: torch.Tensor, pool_sizes: Sequence[int] = (2, 4)) -> torch.Tensor:
     """Multi-scale average pooling of a ``(B, H, W, C)`` tensor into key/value source tokens.
 
@@ -73,16 +107,23 @@ def pooled_kv_attention(x_norm: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor
                         kv_pool_sizes: Sequence[int] = (2, 4), residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``[residual +] proj(MHA(q = Wq t, k|v = Wkv kv_pool2d(t)))`` for ``t = x_norm`` of shape (B, H, W, C).
 
-    Weights as in ``nn.Linear`` (``wq (C, C)``, ``wkv (2C, C)`` with K rows first, ``wproj (C, C)``).
-    The projections are cuBLAS GEMMs on channels-last tokens; pooling and attention are the fused ops.
+    Weights as in ``nn.Linear`` (``wq (C, C)``, ``wkv (2C, C)`` with K rows first, ``wproj (C, C)``), any
+    floating dtype: the projections run in x_norm's dtype (float32 master weights with half activations
+    work). The q and kv projections are cuBLAS GEMMs on channels-last tokens; pooling is one fused op, and
+    attention + output projection + bias + residual another (C <= 256 and head dim <= 64; otherwise
+    attention, then a GEMM).
     """
     check_nhwc("x_norm", x_norm)
     b, h, w, c = x_norm.shape
     if num_heads < 1 or c % num_heads:
         raise ValueError(f"num_heads must divide the {c} channels of x_norm, got {num_heads}")
     d = c // num_heads
+    wq, bq, wkv, bkv, wproj, bproj = (t.to(x_norm.dtype) for t in (wq, bq, wkv, bkv, wproj, bproj))
     q = F.linear(x_norm, wq, bq).view(b, h * w, num_heads, d)
     kv = F.linear(kv_pool2d(x_norm, kv_pool_sizes), wkv, bkv).view(b, -1, 2, num_heads, d)
+    if c <= MAX_PROJECTED_CHANNELS and d in PROJECTED_HEAD_DIMS:
+        res = None if residual is None else residual.reshape(b, h * w, c)
+        return multi_head_attention_projected(q, kv[:, :, 0], kv[:, :, 1], wproj, bproj, res).view(b, h, w, c)
     o = multi_head_attention(q, kv[:, :, 0], kv[:, :, 1]).view(b, h, w, c)
     if residual is None:
         return F.linear(o, wproj, bproj)
@@ -112,6 +153,22 @@ def _check_attention(q, k, v, scale) -> None:
                          f"got {tuple(k.shape)} and {tuple(v.shape)}")
     check_same_device("q", q, k=k, v=v)
     check_real("scale", scale, low=1e-30)
+
+
+def _check_projection(q, wproj, bproj, residual) -> None:
+    b, lq, nh, d = q.shape
+    if d not in PROJECTED_HEAD_DIMS:
+        raise ValueError(f"q must have a head dim in {PROJECTED_HEAD_DIMS} for the fused projection, got {d} "
+                         "(use multi_head_attention and a linear layer)")
+    check_tensor("wproj", wproj, dim=2, floating=True, expected="(C_out, heads * D)")
+    cout = wproj.shape[0]
+    if wproj.shape[1] != nh * d or not 1 <= cout <= MAX_PROJECTED_CHANNELS:
+        raise ValueError(f"wproj must have shape (C_out <= {MAX_PROJECTED_CHANNELS}, heads * D = {nh * d}), "
+                         f"got {tuple(wproj.shape)}")
+    check_same_device("q", q, wproj=wproj)
+    check_vector("bproj", bproj, cout, "wproj", wproj)
+    if residual is not None:
+        check_like("residual", residual, "the output", q.new_empty((b, lq, cout)))
 
 
 def _check_pool_input(x) -> None:
@@ -150,6 +207,16 @@ def _attention_backward_reference(grad, q, k, v, scale):
     return [t.transpose(1, 2).to(q.dtype).contiguous() for t in (dq, dk, dv)]
 
 
+def _attention_projected_reference(q, k, v, scale, wproj, bproj, residual):
+    """[y, out, logsumexp]: y = [residual +] out W^T + b in the accumulation dtype, rounded to q's dtype."""
+    acc = acc_dtype(q.dtype)
+    out, lse = _attention_reference(q, k, v, scale)
+    y = F.linear(out.to(acc).flatten(2), wproj.to(acc), bproj.to(acc))
+    if residual is not None:
+        y = y + residual.to(acc)
+    return [y.to(q.dtype).contiguous(), out, lse]
+
+
 def _kv_pool_reference(x, sizes):
     acc = acc_dtype(x.dtype)
     nchw = x.to(acc).permute(0, 3, 1, 2)
@@ -177,16 +244,21 @@ def _last_dim_contiguous(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _use_triton(q) -> bool:
+    return q.numel() > 0 and _backend.choose(_ATTENTION, q.device) == "triton"
+
+
 @torch.library.custom_op("litesam::multi_head_attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> List[torch.Tensor]:
     """Returns [out, logsumexp]: the second is the backward's private state (log2 units on Triton)."""
     _check_attention(q, k, v, scale)
-    if q.numel() and _backend.choose(_ATTENTION, q.device) == "triton":
-        from litesam_kernels.triton.attention import attention_forward
+    with autocast_off(q.device):
+        if _use_triton(q):
+            from litesam_kernels.triton.attention import attention_forward
 
-        return list(attention_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale))
-    out, lse = _attention_reference(q, k, v, scale)
-    return [out, lse]
+            return list(attention_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale))
+        out, lse = _attention_reference(q, k, v, scale)
+        return [out, lse]
 
 
 @_attention_op.register_fake
@@ -200,12 +272,13 @@ def _attention_fake(q, k, v, scale):
 @torch.library.custom_op("litesam::multi_head_attention_backward", mutates_args=())
 def _attention_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                            lse: torch.Tensor, scale: float) -> List[torch.Tensor]:
-    if q.numel() and _backend.choose(_ATTENTION, q.device) == "triton":
-        from litesam_kernels.triton.attention import attention_backward
+    with autocast_off(q.device):
+        if _use_triton(q):
+            from litesam_kernels.triton.attention import attention_backward
 
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        return list(attention_backward(grad, q, k, v, out, lse, scale))
-    return _attention_backward_reference(grad, q, k, v, scale)
+            q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+            return list(attention_backward(grad, q, k, v, out, lse, scale))
+        return _attention_backward_reference(grad, q, k, v, scale)
 
 
 @_attention_backward_op.register_fake
@@ -232,15 +305,68 @@ def _attention_backward(ctx, grads):
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
+@torch.library.custom_op("litesam::multi_head_attention_projected", mutates_args=())
+def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
+                  bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Returns [y, out, logsumexp]: out (the attention output) and logsumexp are the backward's state."""
+    _check_attention(q, k, v, scale)
+    _check_projection(q, wproj, bproj, residual)
+    with autocast_off(q.device):
+        if _use_triton(q):
+            from litesam_kernels.triton.attention import attention_projected_forward
+
+            res = None if residual is None else residual.contiguous()
+            return list(attention_projected_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale,
+                                                    wproj.to(q.dtype).contiguous(),
+                                                    bproj.to(acc_dtype(q.dtype)).contiguous(), res))
+        return _attention_projected_reference(q, k, v, scale, wproj, bproj, residual)
+
+
+@_projected_op.register_fake
+def _projected_fake(q, k, v, scale, wproj, bproj, residual):
+    _check_attention(q, k, v, scale)
+    _check_projection(q, wproj, bproj, residual)
+    b, lq, nh, _ = q.shape
+    return [q.new_empty((b, lq, wproj.shape[0])), torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((b, nh, lq), dtype=acc_dtype(q.dtype))]
+
+
+def _projected_setup(ctx, inputs, output):
+    q, k, v, scale, wproj, bproj, residual = inputs
+    _, out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, wproj, bproj)
+    ctx.scale = scale
+    ctx.has_residual = residual is not None
+
+
+def _projected_backward(ctx, grads):
+    """dY -> dO = dY W (then the attention backward), dW = dY^T O, db = sum dY, dresidual = dY. The GEMMs run
+    in q's dtype (cuBLAS accumulates in float32), as eager half-precision linear layers do."""
+    q, k, v, out, lse, wproj, bproj = ctx.saved_tensors
+    grad_y = grads[0]  # out and logsumexp are private state: their gradients are ignored
+    if grad_y is None:
+        return None, None, None, None, None, None, None
+    g2d = grad_y.reshape(-1, wproj.shape[0]).to(q.dtype)
+    grad_o = (g2d @ wproj.to(q.dtype)).view(q.shape)
+    grad_wproj = (g2d.t() @ out.reshape(-1, wproj.shape[1])).to(wproj.dtype)
+    grad_bproj = g2d.sum(0, dtype=acc_dtype(q.dtype)).to(bproj.dtype)
+    dq, dk, dv = torch.ops.litesam.multi_head_attention_backward(grad_o, q, k, v, out, lse, ctx.scale)
+    return dq, dk, dv, None, grad_wproj, grad_bproj, grad_y if ctx.has_residual else None
+
+
+_projected_op.register_autograd(_projected_backward, setup_context=_projected_setup)
+
+
 @torch.library.custom_op("litesam::kv_pool2d", mutates_args=())
 def _kv_pool_op(x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
     _check_pool_input(x)
     _check_pool_sizes(pool_sizes)
-    if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
-        from litesam_kernels.triton.attention import kv_pool_forward
+    with autocast_off(x.device):
+        if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
+            from litesam_kernels.triton.attention import kv_pool_forward
 
-        return kv_pool_forward(x.contiguous(), pool_sizes)
-    return _kv_pool_reference(x, pool_sizes)
+            return kv_pool_forward(x.contiguous(), pool_sizes)
+        return _kv_pool_reference(x, pool_sizes)
 
 
 def _pooled_length(h, w, sizes):
@@ -256,11 +382,12 @@ def _kv_pool_fake(x, pool_sizes):
 
 @torch.library.custom_op("litesam::kv_pool2d_backward", mutates_args=())
 def _kv_pool_backward_op(grad: torch.Tensor, x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
-    if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
-        from litesam_kernels.triton.attention import kv_pool_backward
+    with autocast_off(x.device):
+        if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
+            from litesam_kernels.triton.attention import kv_pool_backward
 
-        return kv_pool_backward(grad.contiguous(), tuple(x.shape), pool_sizes)
-    return _kv_pool_backward_reference(grad, x, pool_sizes)
+            return kv_pool_backward(grad.contiguous(), tuple(x.shape), pool_sizes)
+        return _kv_pool_backward_reference(grad, x, pool_sizes)
 
 
 @_kv_pool_backward_op.register_fake

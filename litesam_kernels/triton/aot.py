@@ -4,7 +4,7 @@
 ``litesam_kernels.triton``, compiles each entry of its ``AOT_KERNELS`` list
 ``(kernel, signature, constexprs, options)`` for ``GPUTarget("cuda", arch, 32)``, and prints registers,
 shared memory and spills per kernel. Exit status 1 if any kernel fails to compile, or if a module
-defines ``@triton.jit`` kernels that ``AOT_KERNELS`` does not cover.
+defines launched ``@triton.jit`` kernels that ``AOT_KERNELS`` does not cover (:func:`launched_kernels`).
 
 ``kernel_modules``, ``module_entries`` and ``compile_entry`` are the same steps for other tools (the
 static GPU report, ``python -m benchmarks.static_gpu_report``, compiles through them).
@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,8 +72,20 @@ def module_entries(module_name: str) -> Tuple[List[AotEntry], List[str]]:
         while not isinstance(fn, triton.runtime.JITFunction):  # unwrap autotune/heuristics
             fn = fn.fn
         entries.append(AotEntry(module_name, index, fn, dict(signature), dict(constexprs), dict(options or {})))
-    jitted = {name for name, obj in vars(module).items() if isinstance(obj, triton.runtime.JITFunction)}
-    return entries, sorted(jitted - {entry.name for entry in entries})
+    return entries, sorted(launched_kernels(module) - {entry.name for entry in entries})
+
+
+def launched_kernels(module) -> set:
+    """Names of the module's own ``@triton.jit`` functions that none of them calls: the kernels a launcher
+    starts. Helpers called from a kernel are compiled into it (imported ones, e.g. ``_activations.gelu``,
+    belong to their own module), so they need no ``AOT_KERNELS`` entry of their own."""
+    import triton
+
+    own = {name: fn for name, fn in vars(module).items()
+           if isinstance(fn, triton.runtime.JITFunction) and fn.__module__ == module.__name__}
+    called = {name for name in own for other_name, other in own.items()
+              if other_name != name and re.search(rf"\b{re.escape(name)}\s*\(", other.src)}
+    return set(own) - called
 
 
 def specialization(kernel, signature: Dict[str, str]) -> Tuple[Dict[str, str], Dict[tuple, list]]:

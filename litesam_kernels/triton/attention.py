@@ -1,62 +1,200 @@
 """Pooled-KV attention in Triton: multi-scale average pooling of channels-last tokens (the K/V sources) and
-flash-style multi-head attention over token-major (B, L, heads, D) tensors.
+flash-style multi-head attention over token-major (B, L, heads, D) tensors, optionally with the output
+projection, its bias and the residual fused into the epilogue.
 
-Attention forward: one program per (BLOCK_M queries, batch x head); K/V blocks streamed with an online
-softmax in float32 (exp2 domain), so the Lq x Lk score matrix never exists in memory; writes O and the
-row log-sum-exp (log2 units, private to the backward). Backward (FlashAttention-2 style, recompute):
-delta = rowsum(dO * O) by the launcher, then one kernel for dQ (per query block) and one for dK/dV (per key
-block), each recomputing P from Q, K and the saved log-sum-exp.
+Forward (``_attend``): a program holds BLOCK_M queries of one head and streams the keys in blocks of
+BLOCK_N with an online softmax in float32, so the Lq x Lk score matrix never exists in memory. The softmax
+scale is folded into the exponent, ``p = exp2(s * scale * log2(e) - m)`` (one FMA per score, the row max
+tracked in those units), rather than pre-multiplied into q: the instruction count is the same and a 16-bit
+q would take one more rounding. Every key block but the last is loaded and used unmasked; only the tail
+block (when BLOCK_N does not divide Lk) pays for bounds masks. It writes O and the row log-sum-exp (log2
+units, private to the backward).
+With the projection (``_attn_fwd_proj_kernel``, output channels <= 256, D <= 64): one program owns a query tile of
+one image and walks all heads, accumulating ``y += O_head W_proj[:, head]^T`` on chip; the epilogue adds
+the bias and the residual, so LiteViT's ``x + proj(attention)`` is one launch instead of three.
+Backward (FlashAttention-2 style, recompute): delta = rowsum(dO * O) by the launcher, then one kernel for
+dQ (per query block) and one for dK/dV (per key block), each recomputing P from Q, K and the saved
+log-sum-exp, with the same unmasked-body / masked-tail split.
 Pooling: forward one launch per scale (window sum / count of cells inside the image, ceil mode); backward
 one pass over pixels that gathers each scale's token gradient / count.
+
+fp32 dots follow ``torch.backends.cuda.matmul.allow_tf32`` (off by default: exact fp32 products; on: TF32
+tensor cores, about 1e-3 relative error per product), see ``_precision``. Grids are 1-D (no 65535 limit
+on batch x heads). Launch configurations per row-size class (``_sized_configs``), autotuned on a GPU.
 """
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 64
-BLOCK_N = 64
-POOL_BLOCK_T = 32
-POOL_BLOCK_W = 32
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._precision import dot_precision
+from litesam_kernels.triton._sized_configs import AOT_DTYPES, SizedConfigs, row_bytes
+
 LOG2E = 1.4426950408889634
+
+
+def _tiles(block_m, block_n, warps, stages):
+    return LaunchConfig({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+# Per-head kernels: row bytes = element size x D (64: 16-bit D <= 32, LiteViT's D = 32; 256: 16-bit D <= 128
+# or fp32 D <= 64; 1024: fp32 D = 128, fp64). The first entry of a class is its default (the interpreter's).
+# Each configuration was compiled for sm_90a at its class's widest rows (16-bit and fp32): no register spills.
+FWD_CONFIGS = SizedConfigs("attention.fwd", [
+    (64, [_tiles(128, 64, 4, 3), _tiles(64, 64, 4, 3), _tiles(128, 128, 8, 3), _tiles(64, 128, 4, 2)]),
+    (256, [_tiles(128, 64, 8, 3), _tiles(64, 64, 4, 3), _tiles(128, 32, 8, 3)]),
+    (1024, [_tiles(64, 32, 4, 2), _tiles(64, 64, 8, 2), _tiles(32, 64, 8, 2)]),
+])
+# The fused projection (D <= 64): row bytes = element size x padded output channels (256: 16-bit C <= 128,
+# LiteViT's C = 128; 512: 16-bit C = 256 or fp32 C = 128; 2048: fp32 C = 256, fp64). Fewer, taller programs
+# than the per-head kernel (one per query tile and image): small query tiles keep a batch-1 image's 4096
+# queries spread over the SMs. No spills at the class's widest rows with D = 64.
+PROJ_CONFIGS = SizedConfigs("attention.fwd_proj", [
+    (256, [_tiles(64, 64, 8, 3), _tiles(128, 64, 8, 3), _tiles(32, 64, 4, 3), _tiles(64, 32, 8, 3),
+           _tiles(128, 32, 8, 3)]),
+    (512, [_tiles(64, 32, 8, 2), _tiles(32, 64, 8, 2)]),
+    (2048, [_tiles(32, 32, 8, 1), _tiles(16, 64, 8, 1)]),
+])
+DQ_CONFIGS = SizedConfigs("attention.bwd_dq", [
+    (64, [_tiles(128, 64, 8, 2), _tiles(64, 64, 4, 2), _tiles(64, 128, 8, 2)]),
+    (256, [_tiles(64, 64, 4, 2), _tiles(128, 32, 8, 2)]),
+    (1024, [_tiles(64, 32, 8, 1), _tiles(64, 16, 4, 1)]),
+])
+DKV_CONFIGS = SizedConfigs("attention.bwd_dkv", [
+    (64, [_tiles(64, 128, 8, 2), _tiles(64, 64, 4, 2), _tiles(128, 64, 8, 2)]),
+    (256, [_tiles(64, 64, 8, 2), _tiles(32, 128, 8, 2), _tiles(32, 64, 4, 2)]),
+    (1024, [_tiles(16, 64, 8, 1), _tiles(32, 64, 8, 1)]),
+])
+POOL_FWD_CONFIGS = LaunchConfigs("attention.kv_pool_fwd", [
+    LaunchConfig({"BLOCK_T": 32, "BLOCK_C": 64}), LaunchConfig({"BLOCK_T": 64, "BLOCK_C": 64}),
+    LaunchConfig({"BLOCK_T": 16, "BLOCK_C": 128})])
+POOL_BWD_CONFIGS = LaunchConfigs("attention.kv_pool_bwd", [
+    LaunchConfig({"BLOCK_W": 32, "BLOCK_C": 64}), LaunchConfig({"BLOCK_W": 64, "BLOCK_C": 64}),
+    LaunchConfig({"BLOCK_W": 16, "BLOCK_C": 128})])
+
+
+# ----------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _key_block(k_base, v_base, skl, svl, n0, Lk, D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """(k, v, in-bounds mask) of keys n0 .. n0 + BLOCK_N; loads are predicated only for the tail block."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    n_ok = offs_n < Lk
+    k_ptrs = k_base + offs_n[:, None] * skl + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * svl + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=n_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v, n_ok
+
+
+@triton.jit
+def _attend_block(acc, l_i, m_i, q, k_base, v_base, skl, svl, n0, Lk, qk_scale, PREC: tl.constexpr,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """One key block of the online softmax (scores in exp2 units, ``qk_scale = scale * log2(e)``)."""
+    k, v, n_ok = _key_block(k_base, v_base, skl, svl, n0, Lk, D, BLOCK_N, MASKED)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=acc.dtype)
+    if MASKED:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s * qk_scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PREC, out_dtype=acc.dtype)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _attend(q_base, k_base, v_base, sql, skl, svl, offs_m, m_ok, Lk, qk_scale, ACC: tl.constexpr,
+            PREC: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """softmax(q k^T scale) v of one head for the queries offs_m: (O [BLOCK_M, D] in ACC, lse in log2 units)."""
+    offs_d = tl.arange(0, D)
+    q = tl.load(q_base + offs_m[:, None] * sql + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    l_i = tl.zeros([BLOCK_M], dtype=ACC)
+    acc = tl.zeros([BLOCK_M, D], dtype=ACC)
+    n_full = Lk - Lk % BLOCK_N
+    for n0 in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, k_base, v_base, skl, svl, n0, Lk, qk_scale, PREC, D,
+                                      BLOCK_N, False)
+    if n_full < Lk:
+        acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, k_base, v_base, skl, svl, n_full, Lk, qk_scale, PREC, D,
+                                      BLOCK_N, True)
+    return acc / l_i[:, None], m_i + tl.log2(l_i)
+
+
+@triton.jit
+def _query_tile(Lq, BLOCK_M: tl.constexpr):
+    """(group, offs_m, m_ok) of this program in a 1-D grid of cdiv(Lq, BLOCK_M) tiles per group."""
+    tiles_per_group = tl.cdiv(Lq, BLOCK_M)
+    pid = tl.program_id(0)
+    offs_m = (pid % tiles_per_group) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return pid // tiles_per_group, offs_m, offs_m < Lq
+
+
+@triton.jit
+def _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D: tl.constexpr):
+    offs_d = tl.arange(0, D)
+    o_offs = ((b.to(tl.int64) * Lq + offs_m) * NH + hd)[:, None] * D + offs_d[None, :]
+    tl.store(o_ptr + o_offs, o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
+    tl.store(lse_ptr + (b.to(tl.int64) * NH + hd) * Lq + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
                      Lq, Lk, NH, qk_scale, PREC: tl.constexpr, D: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    ACC = lse_ptr.dtype.element_ty
-    DT = q_ptr.dtype.element_ty
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, offs_m, m_ok = _query_tile(Lq, BLOCK_M)
     b = bh // NH
     hd = bh % NH
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o, lse = _attend(q_ptr + b.to(tl.int64) * sqb + hd * sqh, k_ptr + b.to(tl.int64) * skb + hd * skh,
+                     v_ptr + b.to(tl.int64) * svb + hd * svh, sql, skl, svl, offs_m, m_ok, Lk, qk_scale,
+                     lse_ptr.dtype.element_ty, PREC, D, BLOCK_M, BLOCK_N)
+    _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D)
+
+
+@triton.jit
+def _attn_fwd_proj_kernel(q_ptr, k_ptr, v_ptr, wp_ptr, bp_ptr, res_ptr, o_ptr, lse_ptr, y_ptr,
+                          sqb, sql, sqh, skb, skl, skh, svb, svl, svh, Lq, Lk, NH, COUT, qk_scale,
+                          HAS_RES: tl.constexpr, PREC: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    ACC = lse_ptr.dtype.element_ty
+    b, offs_m, m_ok = _query_tile(Lq, BLOCK_M)
     offs_d = tl.arange(0, D)
-    m_ok = offs_m < Lq
-    q_base = q_ptr + b.to(tl.int64) * sqb + hd * sqh
-    k_base = k_ptr + b.to(tl.int64) * skb + hd * skh
-    v_base = v_ptr + b.to(tl.int64) * svb + hd * svh
-    q = tl.load(q_base + offs_m[:, None] * sql + offs_d[None, :], mask=m_ok[:, None], other=0.0)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
-    l_i = tl.zeros([BLOCK_M], dtype=ACC)
-    acc = tl.zeros([BLOCK_M, D], dtype=ACC)
-    for n0 in range(0, Lk, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * skl + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svl + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * qk_scale
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DT), v, input_precision=PREC, out_dtype=ACC)
-        m_i = m_new
-    o = acc / l_i[:, None]
-    o_offs = ((b.to(tl.int64) * Lq + offs_m) * NH + hd)[:, None] * D + offs_d[None, :]
-    tl.store(o_ptr + o_offs, o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
-    tl.store(lse_ptr + bh.to(tl.int64) * Lq + offs_m, m_i + tl.log2(l_i), mask=m_ok)
+    cs = tl.arange(0, BLOCK_C)
+    c_ok = cs < COUT
+    y = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC)
+    for hd in range(0, NH):
+        o, lse = _attend(q_ptr + b.to(tl.int64) * sqb + hd * sqh, k_ptr + b.to(tl.int64) * skb + hd * skh,
+                         v_ptr + b.to(tl.int64) * svb + hd * svh, sql, skl, svl, offs_m, m_ok, Lk, qk_scale,
+                         ACC, PREC, D, BLOCK_M, BLOCK_N)
+        _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D)
+        # W_proj[:, head columns]^T as [D, BLOCK_C]: y[m, c] += sum_j O[m, j] W_proj[c, head * D + j]
+        wp = tl.load(wp_ptr + cs[None, :] * (NH * D) + hd * D + offs_d[:, None], mask=c_ok[None, :], other=0.0)
+        y += tl.dot(o.to(q_ptr.dtype.element_ty), wp, input_precision=PREC, out_dtype=ACC)
+    y += tl.load(bp_ptr + cs, mask=c_ok, other=0.0)[None, :]
+    offs = (b.to(tl.int64) * Lq + offs_m)[:, None] * COUT + cs[None, :]
+    mask = m_ok[:, None] & c_ok[None, :]
+    if HAS_RES:
+        y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------- backward
+@triton.jit
+def _dq_block(dq, q, do, lse, delta, k_base, v_base, skl, svl, n0, Lk, qk_scale, PREC: tl.constexpr,
+              D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    k, v, n_ok = _key_block(k_base, v_base, skl, svl, n0, Lk, D, BLOCK_N, MASKED)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=dq.dtype)
+    p = tl.exp2(s * qk_scale - lse[:, None])
+    if MASKED:
+        p = tl.where(n_ok[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=dq.dtype)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(q.dtype), k, input_precision=PREC, out_dtype=dq.dtype)
 
 
 @triton.jit
@@ -64,14 +202,10 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                         svb, svl, svh, Lq, Lk, NH, qk_scale, scale, PREC: tl.constexpr, D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     ACC = lse_ptr.dtype.element_ty
-    DT = q_ptr.dtype.element_ty
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, offs_m, m_ok = _query_tile(Lq, BLOCK_M)
     b = bh // NH
     hd = bh % NH
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    m_ok = offs_m < Lq
     q = tl.load(q_ptr + b.to(tl.int64) * sqb + hd * sqh + offs_m[:, None] * sql + offs_d[None, :],
                 mask=m_ok[:, None], other=0.0)
     tok = ((b.to(tl.int64) * Lq + offs_m) * NH + hd)[:, None] * D + offs_d[None, :]
@@ -81,17 +215,42 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     k_base = k_ptr + b.to(tl.int64) * skb + hd * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hd * svh
     dq = tl.zeros([BLOCK_M, D], dtype=ACC)
-    for n0 in range(0, Lk, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * skl + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svl + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=ACC) * qk_scale
-        p = tl.where(n_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(DT), k, input_precision=PREC, out_dtype=ACC)
+    n_full = Lk - Lk % BLOCK_N
+    for n0 in range(0, n_full, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse, delta, k_base, v_base, skl, svl, n0, Lk, qk_scale, PREC, D, BLOCK_N, False)
+    if n_full < Lk:
+        dq = _dq_block(dq, q, do, lse, delta, k_base, v_base, skl, svl, n_full, Lk, qk_scale, PREC, D, BLOCK_N,
+                       True)
     tl.store(dq_ptr + tok, (dq * scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None])
+
+
+@triton.jit
+def _dkv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, NH, m0, Lq, qk_scale,
+               PREC: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    q_offs = offs_m[:, None] * sql + offs_d[None, :]
+    do_offs = offs_m.to(tl.int64)[:, None] * (NH * D) + offs_d[None, :]
+    if MASKED:
+        m_ok = offs_m < Lq
+        q = tl.load(q_base + q_offs, mask=m_ok[:, None], other=0.0)
+        do = tl.load(do_base + do_offs, mask=m_ok[:, None], other=0.0)
+        lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+    else:
+        q = tl.load(q_base + q_offs)
+        do = tl.load(do_base + do_offs)
+        lse = tl.load(lse_base + offs_m)
+        delta = tl.load(delta_base + offs_m)
+    st = tl.dot(k, tl.trans(q), input_precision=PREC, out_dtype=dk.dtype)
+    pt = tl.exp2(st * qk_scale - lse[None, :])
+    if MASKED:
+        pt = tl.where(m_ok[None, :], pt, 0.0)
+    dv += tl.dot(pt.to(k.dtype), do, input_precision=PREC, out_dtype=dk.dtype)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PREC, out_dtype=dk.dtype)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(k.dtype), q, input_precision=PREC, out_dtype=dk.dtype)
+    return dk, dv
 
 
 @triton.jit
@@ -99,40 +258,33 @@ def _attn_bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr
                          skb, skl, skh, svb, svl, svh, Lq, Lk, NH, qk_scale, scale, PREC: tl.constexpr,
                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     ACC = lse_ptr.dtype.element_ty
-    DT = q_ptr.dtype.element_ty
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, offs_n, n_ok = _query_tile(Lk, BLOCK_N)  # a tile of keys
     b = bh // NH
     hd = bh % NH
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    n_ok = offs_n < Lk
     k = tl.load(k_ptr + b.to(tl.int64) * skb + hd * skh + offs_n[:, None] * skl + offs_d[None, :],
                 mask=n_ok[:, None], other=0.0)
     v = tl.load(v_ptr + b.to(tl.int64) * svb + hd * svh + offs_n[:, None] * svl + offs_d[None, :],
                 mask=n_ok[:, None], other=0.0)
     q_base = q_ptr + b.to(tl.int64) * sqb + hd * sqh
+    do_base = do_ptr + (b.to(tl.int64) * Lq * NH + hd) * D
+    lse_base = lse_ptr + bh.to(tl.int64) * Lq
+    delta_base = delta_ptr + bh.to(tl.int64) * Lq
     dk = tl.zeros([BLOCK_N, D], dtype=ACC)
     dv = tl.zeros([BLOCK_N, D], dtype=ACC)
-    for m0 in range(0, Lq, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < Lq
-        q = tl.load(q_base + offs_m[:, None] * sql + offs_d[None, :], mask=m_ok[:, None], other=0.0)
-        tok = ((b.to(tl.int64) * Lq + offs_m) * NH + hd)[:, None] * D + offs_d[None, :]
-        do = tl.load(do_ptr + tok, mask=m_ok[:, None], other=0.0)
-        lse = tl.load(lse_ptr + bh.to(tl.int64) * Lq + offs_m, mask=m_ok, other=0.0)
-        delta = tl.load(delta_ptr + bh.to(tl.int64) * Lq + offs_m, mask=m_ok, other=0.0)
-        st = tl.dot(k, tl.trans(q), input_precision=PREC, out_dtype=ACC) * qk_scale
-        pt = tl.where(m_ok[None, :], tl.exp2(st - lse[None, :]), 0.0)
-        dv += tl.dot(pt.to(DT), do, input_precision=PREC, out_dtype=ACC)
-        dpt = tl.dot(v, tl.trans(do), input_precision=PREC, out_dtype=ACC)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(DT), q, input_precision=PREC, out_dtype=ACC)
+    m_full = Lq - Lq % BLOCK_M
+    for m0 in range(0, m_full, BLOCK_M):
+        dk, dv = _dkv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, NH, m0, Lq, qk_scale, PREC,
+                            D, BLOCK_M, False)
+    if m_full < Lq:
+        dk, dv = _dkv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, NH, m_full, Lq, qk_scale,
+                            PREC, D, BLOCK_M, True)
     out = ((b.to(tl.int64) * Lk + offs_n) * NH + hd)[:, None] * D + offs_d[None, :]
     tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=n_ok[:, None])
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=n_ok[:, None])
 
 
+# ----------------------------------------------------------------------------------------------- pooling
 @triton.jit
 def _kv_pool_fwd_kernel(x_ptr, out_ptr, H, W, C, L, T0, S: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_C: tl.constexpr):
@@ -187,25 +339,57 @@ def _kv_pool_bwd_kernel(g_ptr, dx_ptr, H, W, C, L, S0: tl.constexpr, S1: tl.cons
     tl.store(dx_ptr + offs, acc.to(dx_ptr.dtype.element_ty), mask=m2)
 
 
-def _prec(dtype):
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
-
-
+# --------------------------------------------------------------------------------------------- launchers
 def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tune_key(q, k, *extra):
+    b, lq, nh, d = q.shape
+    return (b, triton.next_power_of_2(lq), triton.next_power_of_2(k.shape[1]), nh, d, q.dtype, *extra)
 
 
 def attention_forward(q, k, v, scale):
     """q (B, Lq, NH, D), k/v (B, Lk, NH, D), last dim contiguous -> (o contiguous, lse2 (B, NH, Lq))."""
     b, lq, nh, d = q.shape
-    lk = k.shape[1]
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     o = torch.empty(b, lq, nh, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, nh, lq, dtype=acc, device=q.device)
-    _attn_fwd_kernel[(triton.cdiv(lq, BLOCK_M), b * nh)](
-        q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), lq, lk, nh, scale * LOG2E,
-        PREC=_prec(q.dtype), D=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4)
+    lse = torch.empty(b, nh, lq, dtype=_acc(q.dtype), device=q.device)
+    prec = dot_precision(q.dtype, "matmul")
+
+    def run(config):
+        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b * nh,)
+        _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), lq, k.shape[1], nh,
+                               scale * LOG2E, PREC=prec, D=d, **config.kwargs())
+
+    FWD_CONFIGS.launch(row_bytes(q.dtype, d), _tune_key(q, k, prec), run)
     return o, lse
+
+
+def attention_projected_forward(q, k, v, scale, wproj, bproj, residual):
+    """(y, o, lse2): y (B, Lq, COUT) = [residual +] o W_proj^T + b_proj with o = attention(q, k, v) (contiguous
+    (B, Lq, NH, D), also returned, like lse2, for the backward). wproj (COUT, NH * D) contiguous in q's dtype,
+    bproj (COUT,) in the accumulation dtype, residual (B, Lq, COUT) contiguous in q's dtype or None."""
+    b, lq, nh, d = q.shape
+    cout = wproj.shape[0]
+    o = torch.empty(b, lq, nh, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, nh, lq, dtype=_acc(q.dtype), device=q.device)
+    y = torch.empty(b, lq, cout, dtype=q.dtype, device=q.device)
+    prec = dot_precision(q.dtype, "matmul")
+    block_c = max(16, triton.next_power_of_2(cout))
+
+    def run(config):
+        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b,)
+        _attn_fwd_proj_kernel[grid](
+            q, k, v, wproj, bproj, y if residual is None else residual, o, lse, y, *_strides(q), *_strides(k),
+            *_strides(v), lq, k.shape[1], nh, cout, scale * LOG2E, HAS_RES=residual is not None, PREC=prec, D=d,
+            BLOCK_C=block_c, **config.kwargs())
+
+    PROJ_CONFIGS.launch(row_bytes(q.dtype, block_c), _tune_key(q, k, cout, residual is not None, prec), run)
+    return y, o, lse
 
 
 def attention_backward(do, q, k, v, o, lse, scale):
@@ -217,15 +401,21 @@ def attention_backward(do, q, k, v, o, lse, scale):
     dq = torch.empty(b, lq, nh, d, dtype=q.dtype, device=q.device)
     dk = torch.empty(b, lk, nh, d, dtype=q.dtype, device=q.device)
     dv = torch.empty_like(dk)
+    prec = dot_precision(q.dtype, "matmul")
     common = (*_strides(q), *_strides(k), *_strides(v), lq, lk, nh, scale * LOG2E, scale)
-    meta = dict(PREC=_prec(q.dtype), D=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4)
-    _attn_bwd_dq_kernel[(triton.cdiv(lq, BLOCK_M), b * nh)](q, k, v, do, lse, delta, dq, *common, **meta)
-    _attn_bwd_dkv_kernel[(triton.cdiv(lk, BLOCK_N), b * nh)](q, k, v, do, lse, delta, dk, dv, *common, **meta)
+    size, key = row_bytes(q.dtype, d), _tune_key(q, k, prec)
+
+    def run_dq(config):
+        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b * nh,)
+        _attn_bwd_dq_kernel[grid](q, k, v, do, lse, delta, dq, *common, PREC=prec, D=d, **config.kwargs())
+
+    def run_dkv(config):
+        grid = (triton.cdiv(lk, config.meta["BLOCK_N"]) * b * nh,)
+        _attn_bwd_dkv_kernel[grid](q, k, v, do, lse, delta, dk, dv, *common, PREC=prec, D=d, **config.kwargs())
+
+    DQ_CONFIGS.launch(size, key, run_dq)
+    DKV_CONFIGS.launch(size, key, run_dkv)
     return dq, dk, dv
-
-
-def _pool_block_c(c):
-    return min(64, max(16, triton.next_power_of_2(c)))
 
 
 def kv_pool_forward(x, sizes):
@@ -233,12 +423,15 @@ def kv_pool_forward(x, sizes):
     b, h, w, c = x.shape
     counts = [triton.cdiv(h, s) * triton.cdiv(w, s) for s in sizes]
     out = torch.empty(b, sum(counts), c, dtype=x.dtype, device=x.device)
-    block_c = _pool_block_c(c)
-    t0 = 0
-    for s, n in zip(sizes, counts):
-        _kv_pool_fwd_kernel[(triton.cdiv(n, POOL_BLOCK_T), b, triton.cdiv(c, block_c))](
-            x, out, h, w, c, out.shape[1], t0, S=s, BLOCK_T=POOL_BLOCK_T, BLOCK_C=block_c, num_warps=4)
-        t0 += n
+
+    def run(config):
+        t0 = 0
+        for s, n in zip(sizes, counts):
+            grid = (triton.cdiv(n, config.meta["BLOCK_T"]), b, triton.cdiv(c, config.meta["BLOCK_C"]))
+            _kv_pool_fwd_kernel[grid](x, out, h, w, c, out.shape[1], t0, S=s, **config.kwargs())
+            t0 += n
+
+    POOL_FWD_CONFIGS.launch((b, h, w, c, tuple(sizes), x.dtype), run)
     return out
 
 
@@ -246,39 +439,55 @@ def kv_pool_backward(g, x_shape, sizes):
     b, h, w, c = x_shape
     dx = torch.empty(x_shape, dtype=g.dtype, device=g.device)
     padded = list(sizes) + [0] * (3 - len(sizes))
-    block_c = _pool_block_c(c)
-    _kv_pool_bwd_kernel[(triton.cdiv(w, POOL_BLOCK_W), b * h, triton.cdiv(c, block_c))](
-        g, dx, h, w, c, g.shape[1], S0=padded[0], S1=padded[1], S2=padded[2], BLOCK_W=POOL_BLOCK_W,
-        BLOCK_C=block_c, num_warps=4)
+
+    def run(config):
+        grid = (triton.cdiv(w, config.meta["BLOCK_W"]), b * h, triton.cdiv(c, config.meta["BLOCK_C"]))
+        _kv_pool_bwd_kernel[grid](g, dx, h, w, c, g.shape[1], S0=padded[0], S1=padded[1], S2=padded[2],
+                                  **config.kwargs())
+
+    POOL_BWD_CONFIGS.launch((b, h, w, c, tuple(sizes), g.dtype), run)
     return dx
 
 
-def _aot_attention(dtype):
-    strides = {n: "i32" for n in ("sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh")}
-    const = {"PREC": _prec({"fp32": torch.float32}.get(dtype)), "D": 32, "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}
-    tail = {"Lq": "i32", "Lk": "i32", "NH": "i32", "qk_scale": "fp32"}
-    ptr = f"*{dtype}"
-    fwd = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", **strides, **tail,
-           **{k: "constexpr" for k in const}}
-    dq = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32",
-          "dq_ptr": ptr, **strides, **tail, "scale": "fp32", **{k: "constexpr" for k in const}}
-    dkv = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32",
-           "dk_ptr": ptr, "dv_ptr": ptr, **strides, **tail, "scale": "fp32", **{k: "constexpr" for k in const}}
-    opts = {"num_warps": 4}
-    return [(_attn_fwd_kernel, fwd, const, opts), (_attn_bwd_dq_kernel, dq, const, opts),
-            (_attn_bwd_dkv_kernel, dkv, const, opts)]
+# ------------------------------------------------------------------------------------------ AOT entries
+# ":16": aligned tensors, and sequence lengths / strides divisible by 16 as at the model's shape (4096
+# queries, 1024 + 256 pooled keys, token strides 128 and 256 from the q and fused kv projections).
+_STRIDES = {n: "i32:16" for n in ("sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh")}
 
 
-def _aot_pool(dtype):
-    fwd = {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "H": "i32", "W": "i32", "C": "i32", "L": "i32", "T0": "i32",
-           "S": "constexpr", "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"}
-    bwd = {"g_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "H": "i32", "W": "i32", "C": "i32", "L": "i32",
-           "S0": "constexpr", "S1": "constexpr", "S2": "constexpr", "BLOCK_W": "constexpr", "BLOCK_C": "constexpr"}
-    return [(_kv_pool_fwd_kernel, fwd, {"S": s, "BLOCK_T": POOL_BLOCK_T, "BLOCK_C": 64}, {"num_warps": 4})
-            for s in (2, 4)] + [
-        (_kv_pool_bwd_kernel, bwd, {"S0": 2, "S1": 4, "S2": 0, "BLOCK_W": POOL_BLOCK_W, "BLOCK_C": 64},
-         {"num_warps": 4})]
+def _attention_entries(torch_dtype, d, cout):
+    ptr, acc = f"*{AOT_DTYPES[torch_dtype]}:16", "*fp32:16"
+    const = {"PREC": "tf32", "D": d}  # fp32 as TF32: the tensor-core variant (allow_tf32); 16-bit ignore it
+    tail = {"Lq": "i32:16", "Lk": "i32:16", "NH": "i32", "qk_scale": "fp32"}
+    constexprs = {k: "constexpr" for k in ("PREC", "D", "BLOCK_M", "BLOCK_N")}
+    fwd = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": acc, **_STRIDES, **tail, **constexprs}
+    proj = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "wp_ptr": ptr, "bp_ptr": acc, "res_ptr": ptr, "o_ptr": ptr,
+            "lse_ptr": acc, "y_ptr": ptr, **_STRIDES, **tail, "COUT": "i32:16",
+            **{k: "constexpr" for k in ("HAS_RES", "BLOCK_C")}, **constexprs}
+    dq = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": acc, "delta_ptr": acc, "dq_ptr": ptr,
+          **_STRIDES, **tail, "scale": "fp32", **constexprs}
+    dkv = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": acc, "delta_ptr": acc,
+           "dk_ptr": ptr, "dv_ptr": ptr, **_STRIDES, **tail, "scale": "fp32", **constexprs}
+    head, block_c = row_bytes(torch_dtype, d), max(16, triton.next_power_of_2(cout))
+    return (FWD_CONFIGS.family(head).aot_entries(_attn_fwd_kernel, fwd, const)
+            + PROJ_CONFIGS.family(row_bytes(torch_dtype, block_c)).aot_entries(
+                _attn_fwd_proj_kernel, proj, {**const, "HAS_RES": True, "BLOCK_C": block_c})
+            + DQ_CONFIGS.family(head).aot_entries(_attn_bwd_dq_kernel, dq, const)
+            + DKV_CONFIGS.family(head).aot_entries(_attn_bwd_dkv_kernel, dkv, const))
 
 
-# For the sm_90a AOT check in CI: (kernel, signature, constexprs, options). Model: head dim 32, C 128.
-AOT_KERNELS = [e for dt in ("fp16", "bf16", "fp32") for e in _aot_attention(dt) + _aot_pool(dt)]
+def _pool_entries(torch_dtype):
+    ptr = f"*{AOT_DTYPES[torch_dtype]}:16"
+    dims = {"H": "i32:16", "W": "i32:16", "C": "i32:16", "L": "i32:16"}
+    fwd = {"x_ptr": ptr, "out_ptr": ptr, **dims, "T0": "i32:16", "S": "constexpr", "BLOCK_T": "constexpr",
+           "BLOCK_C": "constexpr"}
+    bwd = {"g_ptr": ptr, "dx_ptr": ptr, **dims, "S0": "constexpr", "S1": "constexpr", "S2": "constexpr",
+           "BLOCK_W": "constexpr", "BLOCK_C": "constexpr"}
+    return ([e for s in (2, 4) for e in POOL_FWD_CONFIGS.aot_entries(_kv_pool_fwd_kernel, fwd, {"S": s})]
+            + POOL_BWD_CONFIGS.aot_entries(_kv_pool_bwd_kernel, bwd, {"S0": 2, "S1": 4, "S2": 0}))
+
+
+# For the sm_90a AOT check in CI: every configuration a GPU can pick at LiteViT's attention stage (4 heads
+# of 32, C = 128, K/V pooled 2x2 and 4x4), fp32 as TF32.
+AOT_KERNELS = [e for dt in (torch.float16, torch.bfloat16, torch.float32)
+               for e in _attention_entries(dt, 32, 128) + _pool_entries(dt)]
