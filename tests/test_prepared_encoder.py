@@ -103,7 +103,7 @@ class TestPreparedPath:
         calls = {}
         for module, name in ((pool_mixer, "pool_mixer_forward"), (conv_mlp, "conv_mlp_forward"),
                              (conv_block, "dwconv_forward"), (layer_norm, "layer_norm_forward"),
-                             (attention, "kv_pool_forward"), (attention, "attention_forward")):
+                             (attention, "kv_pool_forward"), (attention, "attention_projected_forward")):
             def spy(*args, original=getattr(module, name), name=name, **kwargs):
                 calls[name] = calls.get(name, 0) + 1
                 return original(*args, **kwargs)
@@ -111,9 +111,10 @@ class TestPreparedPath:
             monkeypatch.setattr(module, name, spy)
         monkeypatch.setattr(fused_ops._conv_mlp, "_check_inputs", lambda *a: pytest.fail("validated again"))
         _infer(model, images, "triton")
-        # tiny: 1 + 1 pool-mixer blocks, 1 attention block, the neck
-        assert calls == {"pool_mixer_forward": 2, "conv_mlp_forward": 3, "dwconv_forward": 2, "layer_norm_forward": 4,
-                         "kv_pool_forward": 1, "attention_forward": 1}
+        # tiny: 1 + 1 pool-mixer blocks, 1 attention block (its LN2 fused into the MLP, its projection into the
+        # attention kernel), the neck
+        assert calls == {"pool_mixer_forward": 2, "conv_mlp_forward": 3, "dwconv_forward": 2, "layer_norm_forward": 3,
+                         "kv_pool_forward": 1, "attention_projected_forward": 1}
 
     def test_backends_share_the_prepared_weights(self):
         model = _encoder()

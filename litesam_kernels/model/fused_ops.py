@@ -85,6 +85,7 @@ class LayerNormWeights(NamedTuple):
 class LinearWeights(NamedTuple):
     weight: torch.Tensor  # (out, in), activation dtype
     bias: Optional[torch.Tensor]
+    bias_acc: Optional[torch.Tensor] = None  # the bias in the accumulation dtype (a fused epilogue adds it)
 
 
 # ------------------------------------------------------------------------------------ the tables
@@ -139,6 +140,11 @@ class CustomOps(_Blocks):
         return _layer_norm.layer_norm2d(x, ln.weight, ln.bias, ln.eps)
 
     @_without_autocast
+    def layer_norm_conv_mlp(x, ln: LayerNormWeights, mlp: ConvMLPWeights):
+        return _conv_mlp.conv_mlp(x, mlp.w1, mlp.b1, mlp.w2, mlp.b2, residual=x, norm_weight=ln.weight,
+                                  norm_bias=ln.bias, norm_eps=ln.eps)
+
+    @_without_autocast
     def pooled_kv_attention(t, q: LinearWeights, kv: LinearWeights, proj: LinearWeights, num_heads: int,
                             pool_sizes: Sequence[int], residual: torch.Tensor):
         return _attention.pooled_kv_attention(t, q.weight, q.bias, kv.weight, kv.bias, proj.weight, proj.bias,
@@ -156,7 +162,12 @@ class _DirectOps(_Blocks):
         queries = F.linear(t, q.weight, q.bias).view(b, h * w, num_heads, d)
         sources = cls.kv_pool(t, pool_sizes)
         keys_values = F.linear(sources, kv.weight, kv.bias).view(b, sources.shape[1], 2, num_heads, d)
-        out = cls.attention(queries, keys_values[:, :, 0], keys_values[:, :, 1], 1.0 / math.sqrt(d))
+        keys, values, scale = keys_values[:, :, 0], keys_values[:, :, 1], 1.0 / math.sqrt(d)
+        if c <= _attention.MAX_PROJECTED_CHANNELS and d in _attention.PROJECTED_HEAD_DIMS:
+            # attention + projection + bias + residual in one kernel, as the op does
+            y = cls.attention_projected(queries, keys, values, scale, proj, residual.view(b, h * w, c))
+            return y.view(b, h, w, c)
+        out = cls.attention(queries, keys, values, scale)
         return torch.addmm(proj.bias, out.view(-1, c), proj.weight.t()).view(b, h, w, c) + residual
 
 
@@ -182,12 +193,20 @@ class ReferenceOps(_DirectOps):
         return _layer_norm._layer_norm_reference(x, ln.weight, ln.bias, ln.eps)
 
     @staticmethod
+    def layer_norm_conv_mlp(x, ln, mlp):
+        return _conv_mlp._conv_mlp_reference(x, mlp.w1, mlp.b1, mlp.w2, mlp.b2, x, ln.weight, ln.bias, ln.eps)
+
+    @staticmethod
     def kv_pool(x, pool_sizes):
         return _attention._kv_pool_reference(x, pool_sizes)
 
     @staticmethod
     def attention(q, k, v, scale):
         return _attention._attention_reference(q, k, v, scale)[0]
+
+    @staticmethod
+    def attention_projected(q, k, v, scale, proj, residual):
+        return _attention._attention_projected_reference(q, k, v, scale, proj.weight, proj.bias, residual)[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -228,12 +247,23 @@ class TritonOps(_DirectOps):
         return y.view(x.shape)
 
     @staticmethod
+    def layer_norm_conv_mlp(x, ln, mlp):
+        x2d = x.view(-1, x.shape[-1])
+        y = _kernels().conv_mlp.conv_mlp_forward(x2d, mlp.w1, mlp.b1, mlp.w2, mlp.b2, x2d, (ln.weight, ln.bias, ln.eps))
+        return y.view(x.shape)
+
+
+    @staticmethod
     def kv_pool(x, pool_sizes):
         return _kernels().attention.kv_pool_forward(x, pool_sizes)
 
     @staticmethod
     def attention(q, k, v, scale):
         return _kernels().attention.attention_forward(q, k, v, scale)[0]
+
+    @staticmethod
+    def attention_projected(q, k, v, scale, proj, residual):
+        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual)[0]
 
 
 # The op families the encoder calls (``_backend`` names): one backend choice each per forward.
