@@ -2,6 +2,7 @@
 // Input checks and ordering shared by the CPU and CUDA box-NMS kernels.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/masked_select.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <c10/util/Optional.h>
@@ -62,6 +63,13 @@ inline at::Tensor group_block_ends(const at::Tensor& groups_sorted, int64_t bloc
       at::arange(block - 1, n + block - 1, block, groups_sorted.options()).clamp_max(n - 1);
   const at::Tensor block_last = groups_sorted.index_select(0, last_positions);
   return at::searchsorted(block_first, block_last, /*out_int32=*/false, /*right=*/true).contiguous();
+}
+
+// The op's result from the walk's keep flags (bool, visit order): kept original indices by decreasing
+// score, ties by increasing index (grouped visit orders are re-sorted; an ungrouped one already is).
+inline at::Tensor kept_indices(const at::Tensor& order, const at::Tensor& keep, const at::Tensor& scores, bool grouped) {
+  at::Tensor kept = at::masked_select(order, keep);
+  return grouped ? in_score_order(kept, scores) : kept;
 }
 
 inline at::ScalarType nms_compute_type(at::ScalarType dtype) {
