@@ -17,6 +17,7 @@ std::vector<int64_t> launch_plan(c10::string_view kernel, c10::ArrayRef<int64_t>
 }
 
 std::vector<int64_t> launch_limits(int64_t device) {
+  if (const auto forced = litesam::launch_limits_override()) return forced->to_vector();
 #ifdef WITH_CUDA
   return litesam::device_launch_limits(static_cast<int>(device)).to_vector();
 #else

@@ -89,9 +89,9 @@ inline PairTilesPlan plan_pair_tiles(int64_t rows, int64_t cols, const LaunchLim
 constexpr int kMaxWalkThreads = 1024;
 
 struct NmsWalkPlan {
-  int64_t col_blocks, walkers, threads, dynamic_shared_bytes, global_removed, scratch_words;
+  int64_t col_blocks, walkers, threads, static_shared_bytes, dynamic_shared_bytes, global_removed, scratch_words;
   std::vector<int64_t> to_vector() const {
-    return {col_blocks, walkers, threads, dynamic_shared_bytes, global_removed, scratch_words};
+    return {col_blocks, walkers, threads, static_shared_bytes, dynamic_shared_bytes, global_removed, scratch_words};
   }
 };
 
@@ -107,10 +107,14 @@ inline NmsWalkPlan plan_nms_walk(int64_t n, bool grouped, const LaunchLimits& li
   plan.walkers = grouped ? plan.col_blocks : 1;
   TORCH_CHECK_VALUE(plan.walkers <= limits.max_grid_x, "NMS: at most ", limits.max_grid_x * kWalkBlock,
                     " items, got ", n);
+  // The walk addresses a block's rows by int32 word offsets t * col_blocks (t < 64).
+  TORCH_CHECK_VALUE(plan.col_blocks * kWalkBlock <= 2147483647, "NMS: at most ", int64_t{2147483647 / kWalkBlock} * kWalkBlock,
+                    " items, got ", n);
   int64_t threads = 128;
   while (threads < kMaxWalkThreads && threads < plan.col_blocks * 8) threads *= 2;
   plan.threads = threads;
   const int64_t static_bytes = static_cast<int64_t>(sizeof(NmsWalkShared));
+  plan.static_shared_bytes = static_bytes;
   TORCH_CHECK_VALUE(static_bytes <= limits.shared_optin_bytes, "the NMS walk needs ", static_bytes,
                     " bytes of shared memory per block; the device allows ", limits.shared_optin_bytes);
   const int64_t removed_bytes = plan.col_blocks * static_cast<int64_t>(sizeof(uint64_t));

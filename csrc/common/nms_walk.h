@@ -20,7 +20,7 @@ constexpr int kWalkBlock = 64;  // items per bitmask word
 struct NmsWalkShared {
   uint64_t diagonal[2][kWalkBlock];      // block r and the prefetched block r + 1 (double buffer)
   uint32_t group_starts[2][2];           // per buffer: the two 32-bit ballots of group-start bits
-  int64_t kept_row_offset[kWalkBlock];   // (visit position * col_blocks) of the current block's kept items
+  int32_t kept_row_offset[kWalkBlock];   // word offset (t * col_blocks) of the current block's kept rows t
   uint64_t kept;                         // the current block's kept bits (thread 0 -> all)
 };
 

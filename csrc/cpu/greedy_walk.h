@@ -4,6 +4,7 @@
 // is tested only while its later item is not yet removed), so the CPU tests exercise the device's
 // word logic on every input they run.
 #include <ATen/Parallel.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -13,7 +14,7 @@
 
 namespace litesam {
 
-// Keep flags (visit order) of greedy NMS over n items.
+// Keep flags (bool (n,), visit order) of greedy NMS over n items.
 //   groups: visit-order group ids (contiguous runs), or nullptr for one group;
 //   col_end: per block, the block its groups end before (group_block_ends), or nullptr (all blocks);
 //   suppresses(i, j): item i suppresses the later item j of its group;
@@ -22,7 +23,7 @@ namespace litesam {
 // Walkers run in parallel when there are enough of them; otherwise one at a time, each with a parallel
 // bulk step (one big group: mask NMS on one image).
 template <bool kEagerDiagonal, typename Suppresses>
-std::vector<uint8_t> greedy_walk_cpu(int64_t n, const int64_t* groups, const int64_t* col_end, Suppresses suppresses,
+at::Tensor greedy_walk_cpu(int64_t n, const int64_t* groups, const int64_t* col_end, Suppresses suppresses,
                                      int64_t bulk_grain) {
   const int64_t col_blocks = (n + kWalkBlock - 1) / kWalkBlock;
   // Every item must be decided by exactly one walker (the device writes each keep flag once, without
@@ -112,7 +113,7 @@ std::vector<uint8_t> greedy_walk_cpu(int64_t n, const int64_t* groups, const int
     for (int64_t b0 : walkers) walk(b0, true);
   }
   for (int64_t p = 0; p < n; ++p) TORCH_INTERNAL_ASSERT(keep[p] != kUndecided, "greedy walk: item ", p, " undecided");
-  return keep;
+  return at::from_blob(keep.data(), {n}, at::kByte).to(at::kBool);
 }
 
 }  // namespace litesam

@@ -80,17 +80,12 @@ at::Tensor mask_nms_cpu(const at::Tensor& packed, const at::Tensor& boxes, const
   const at::Tensor win = window_boxes(boxes, order, height, words * kMaskBitsPerWord);
   const int32_t* wp = win.const_data_ptr<int32_t>();
   const std::vector<int64_t> areas = mask_areas(masks);
-  at::Tensor groups_sorted, col_end;
-  if (idxs.has_value()) {
-    groups_sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
-    col_end = group_block_ends(groups_sorted, kWalkBlock);
-  }
+  const VisitGroups groups = visit_groups(idxs, order);
 
   // The device's walk (cpu/greedy_walk.h), lazily: only pairs (kept i, not yet suppressed j) are
   // evaluated, in parallel over the blocks after each kept block (one task per block of 64 masks).
-  const std::vector<uint8_t> keep = greedy_walk_cpu</*kEagerDiagonal=*/false>(
-      n, idxs.has_value() ? groups_sorted.const_data_ptr<int64_t>() : nullptr,
-      idxs.has_value() ? col_end.const_data_ptr<int64_t>() : nullptr,
+  const at::Tensor keep = greedy_walk_cpu</*kEagerDiagonal=*/false>(
+      n, groups.sorted_ptr(), groups.col_end_ptr(),
       [&](int64_t i, int64_t j) {
         PairWindow w;
         if (!pair_window(wp + 4 * i, wp + 4 * j, &w)) return false;
@@ -99,8 +94,7 @@ at::Tensor mask_nms_cpu(const at::Tensor& packed, const at::Tensor& boxes, const
         return static_cast<double>(iou_from_counts(inter, areas[mask_i], areas[mask_j])) > iou_threshold;
       },
       /*bulk_grain=*/1);
-  const at::Tensor keep_flags = at::from_blob(const_cast<uint8_t*>(keep.data()), {n}, at::kByte).to(at::kBool);
-  return kept_indices(order, keep_flags, scores, idxs.has_value());
+  return kept_indices(order, keep, scores, idxs.has_value());
 }
 
 }  // namespace litesam

@@ -2,7 +2,6 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 
 #include <vector>
 
@@ -17,7 +16,7 @@ namespace {
 constexpr int64_t kBoxBulkGrain = 16;
 
 template <typename T>
-std::vector<uint8_t> greedy_keep(const at::Tensor& boxes_sorted, const int64_t* groups, const int64_t* col_end,
+at::Tensor greedy_keep(const at::Tensor& boxes_sorted, const int64_t* groups, const int64_t* col_end,
                                  double threshold) {
   const int64_t n = boxes_sorted.size(0);
   const T* boxes = boxes_sorted.const_data_ptr<T>();
@@ -41,20 +40,13 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
   const at::Tensor order = nms_visit_order(scores, idxs);
   const at::Tensor boxes_sorted =
       boxes.index_select(0, order).to(nms_compute_type(boxes.scalar_type())).contiguous();
-  at::Tensor groups_sorted, col_end;
-  if (idxs.has_value()) {
-    groups_sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
-    col_end = group_block_ends(groups_sorted, kWalkBlock);
-  }
-  const int64_t* groups = idxs.has_value() ? groups_sorted.const_data_ptr<int64_t>() : nullptr;
-  const int64_t* col_end_ptr = idxs.has_value() ? col_end.const_data_ptr<int64_t>() : nullptr;
+  const VisitGroups groups = visit_groups(idxs, order);
 
-  std::vector<uint8_t> keep;
+  at::Tensor keep;
   AT_DISPATCH_SWITCH(boxes_sorted.scalar_type(), "batched_nms_cpu",
-                     AT_DISPATCH_CASE(at::kFloat, [&] { keep = greedy_keep<float>(boxes_sorted, groups, col_end_ptr, iou_threshold); })
-                     AT_DISPATCH_CASE(at::kDouble, [&] { keep = greedy_keep<double>(boxes_sorted, groups, col_end_ptr, iou_threshold); }));
-  const at::Tensor keep_flags = at::from_blob(keep.data(), {n}, at::kByte).to(at::kBool);
-  return kept_indices(order, keep_flags, scores, idxs.has_value());
+                     AT_DISPATCH_CASE(at::kFloat, [&] { keep = greedy_keep<float>(boxes_sorted, groups.sorted_ptr(), groups.col_end_ptr(), iou_threshold); })
+                     AT_DISPATCH_CASE(at::kDouble, [&] { keep = greedy_keep<double>(boxes_sorted, groups.sorted_ptr(), groups.col_end_ptr(), iou_threshold); }));
+  return kept_indices(order, keep, scores, idxs.has_value());
 }
 
 }  // namespace litesam

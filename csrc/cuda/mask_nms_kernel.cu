@@ -233,24 +233,17 @@ at::Tensor mask_nms_cuda(const at::Tensor& packed, const at::Tensor& boxes, cons
   const at::Tensor masks = packed.contiguous();
   const at::Tensor windows = window_boxes(boxes, order, height, words * kMaskBitsPerWord);
   const at::Tensor areas = areas_of(masks, order);
-  at::Tensor groups_sorted, col_end;
-  if (idxs.has_value()) {
-    groups_sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
-    col_end = group_block_ends(groups_sorted, kTile);
-  }
+  const VisitGroups groups = visit_groups(idxs, order);
   const MaskSet set{masks.const_data_ptr<int32_t>(), order.const_data_ptr<int64_t>(),
                     windows.const_data_ptr<int32_t>(), areas.const_data_ptr<int32_t>(), n};
 
   at::Tensor mask = at::empty({n * col_blocks}, scores.options().dtype(at::kLong));
   mask_nms_bitmask_kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      set, idxs.has_value() ? groups_sorted.const_data_ptr<int64_t>() : nullptr,
-      idxs.has_value() ? col_end.const_data_ptr<int64_t>() : nullptr, height, words, col_blocks, iou_threshold,
+      set, groups.sorted_ptr(), groups.col_end_ptr(), height, words, col_blocks, iou_threshold,
       reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const c10::optional<at::Tensor> groups_arg = idxs.has_value() ? c10::optional<at::Tensor>(groups_sorted) : c10::nullopt;
-  const c10::optional<at::Tensor> col_end_arg = idxs.has_value() ? c10::optional<at::Tensor>(col_end) : c10::nullopt;
-  const at::Tensor keep = nms_greedy_keep_cuda(mask, groups_arg, col_end_arg, n);
+  const at::Tensor keep = nms_greedy_keep_cuda(mask, groups.sorted, groups.col_end, n);
   return kept_indices(order, keep, scores, idxs.has_value());
 }
 

@@ -102,10 +102,24 @@ __device__ __forceinline__ uint64_t group_starts_of(const NmsWalkShared& shared,
          (static_cast<uint64_t>(shared.group_starts[buffer][1]) << 32);
 }
 
+// kOrUnroll words of one column: kept rows base, base + slices, ... (clamped to the last kept row).
+__device__ __forceinline__ void load_batch(const Word* __restrict__ column_words, const int32_t* kept_row_offset,
+                                           int base, int slices, int kept_count, Word (&words)[kOrUnroll]) {
+  int32_t offsets[kOrUnroll];
+#pragma unroll
+  for (int u = 0; u < kOrUnroll; ++u) offsets[u] = kept_row_offset[min(base + u * slices, kept_count - 1)];
+#pragma unroll
+  for (int u = 0; u < kOrUnroll; ++u) words[u] = __ldg(column_words + offsets[u]);
+}
+
 // removed |= OR of the kept rows over columns [first_col, end_col). Columns go across threads (coalesced
 // rows); when there are fewer columns than threads, the kept rows are split into `slices` as well.
+// Per column, kOrUnroll rows at a time: their offsets (shared memory), then kOrUnroll independent loads,
+// then the ORs, so no load waits for another. Past the last kept row the index is clamped to it: a
+// duplicate word ORs to the same result, so the loads need no predicate and their count is fixed.
+// Offsets are int32 words from the block's first row (t * col_blocks < 2**31: plan_nms_walk).
 template <bool kGlobalRemoved>
-__device__ __forceinline__ void or_kept_rows(const Word* __restrict__ mask, const int64_t* kept_row_offset,
+__device__ __forceinline__ void or_kept_rows(const Word* __restrict__ block_rows, const int32_t* kept_row_offset,
                                              int kept_count, int64_t first_col, int64_t end_col, Word* removed,
                                              int64_t origin) {
   const int64_t width = end_col - first_col;
@@ -118,19 +132,22 @@ __device__ __forceinline__ void or_kept_rows(const Word* __restrict__ mask, cons
   if (slice >= slices) return;
   for (int64_t c = lane; c < width; c += lanes) {
     const int64_t column = first_col + c;
+    const Word* column_words = block_rows + column;
+    // Software pipeline: batch b + 1's loads are issued before batch b's words are OR-ed.
+    Word words[kOrUnroll];
+    load_batch(column_words, kept_row_offset, slice, slices, kept_count, words);
     Word acc = 0;
-    for (int base = slice; base < kept_count; base += kOrUnroll * slices) {
-      Word words[kOrUnroll];
+    for (int base = slice + kOrUnroll * slices; base < kept_count; base += kOrUnroll * slices) {
+      Word next[kOrUnroll];
+      load_batch(column_words, kept_row_offset, base, slices, kept_count, next);
 #pragma unroll
       for (int u = 0; u < kOrUnroll; ++u) {
-        const int row = base + u * slices;
-        const bool live = row < kept_count;
-        const int64_t offset = kept_row_offset[live ? row : 0];
-        words[u] = live ? __ldg(mask + offset + column) : 0ull;
+        acc |= words[u];
+        words[u] = next[u];
       }
-#pragma unroll
-      for (int u = 0; u < kOrUnroll; ++u) acc |= words[u];
     }
+#pragma unroll
+    for (int u = 0; u < kOrUnroll; ++u) acc |= words[u];
     if (acc != 0) {
       // Shared words are owned by one thread unless rows are sliced; global ones may be shared with the
       // neighbouring walker (a block where its last group ends and ours start: disjoint bits).
@@ -166,7 +183,8 @@ __global__ void __launch_bounds__(kMaxWalkThreads) nms_walk_kernel(int64_t n, in
 
   publish_block(shared, 0, load_block_entry(mask, groups, n, col_blocks, b0, t), t);
   if (!kGlobalRemoved) {
-    for (int64_t j = t; j < col_blocks - b0; j += blockDim.x) removed[j] = 0;
+    const int words = static_cast<int>(col_blocks - b0);  // < 2**31: the plan bounds col_blocks by the grid
+    for (int j = t; j < words; j += blockDim.x) removed[j] = 0;
   }
   __syncthreads();
   uint64_t items = walker_items(group_starts_of(shared, 0), count_of(b0), true);
@@ -187,11 +205,12 @@ __global__ void __launch_bounds__(kMaxWalkThreads) nms_walk_kernel(int64_t n, in
     const uint64_t kept = shared.kept;
     if (t < kWalkBlock) {
       if ((items >> t) & 1ull) keep[row_start + t] = (kept >> t) & 1ull;
-      if ((kept >> t) & 1ull) shared.kept_row_offset[kept_rank(kept, t)] = (row_start + t) * col_blocks;
+      if ((kept >> t) & 1ull) shared.kept_row_offset[kept_rank(kept, t)] = t * static_cast<int32_t>(col_blocks);
     }
     __syncthreads();
     const int64_t end_col = col_end != nullptr ? col_end[r] : col_blocks;
-    or_kept_rows<kGlobalRemoved>(mask, shared.kept_row_offset, popcount64(kept), r + 1, end_col, removed, origin);
+    or_kept_rows<kGlobalRemoved>(mask + row_start * col_blocks, shared.kept_row_offset, popcount64(kept), r + 1, end_col,
+                                 removed, origin);
     if (continues) publish_block(shared, buffer ^ 1, next, t);
     __syncthreads();
     if (!continues) break;
@@ -203,15 +222,16 @@ __global__ void __launch_bounds__(kMaxWalkThreads) nms_walk_kernel(int64_t n, in
 
 }  // namespace
 
-at::Tensor nms_greedy_keep_cuda(const at::Tensor& mask, const c10::optional<at::Tensor>& groups_sorted,
-                                const c10::optional<at::Tensor>& col_end, int64_t n) {
-  const NmsWalkPlan plan = plan_nms_walk(n, groups_sorted.has_value(), device_launch_limits(mask.get_device()));
+at::Tensor nms_greedy_keep_cuda(const at::Tensor& mask, const at::Tensor& groups_sorted, const at::Tensor& col_end,
+                                int64_t n) {
+  const bool grouped = groups_sorted.defined();
+  const NmsWalkPlan plan = plan_nms_walk(n, grouped, device_launch_limits(mask.get_device()));
   at::Tensor keep = at::empty({n}, mask.options().dtype(at::kBool));
   const at::Tensor removed_scratch =
       plan.global_removed ? at::zeros({plan.scratch_words}, mask.options().dtype(at::kLong)) : at::Tensor();
   const auto* mask_ptr = reinterpret_cast<const Word*>(mask.const_data_ptr<int64_t>());
-  const int64_t* groups_ptr = groups_sorted.has_value() ? groups_sorted->const_data_ptr<int64_t>() : nullptr;
-  const int64_t* col_end_ptr = col_end.has_value() ? col_end->const_data_ptr<int64_t>() : nullptr;
+  const int64_t* groups_ptr = grouped ? groups_sorted.const_data_ptr<int64_t>() : nullptr;
+  const int64_t* col_end_ptr = grouped ? col_end.const_data_ptr<int64_t>() : nullptr;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(plan.walkers));
   const unsigned threads = static_cast<unsigned>(plan.threads);
@@ -246,13 +266,9 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
   const at::Tensor order = nms_visit_order(scores, idxs);
   const at::Tensor boxes_sorted =
       boxes.index_select(0, order).to(nms_compute_type(boxes.scalar_type())).contiguous();
-  at::Tensor groups_sorted, col_end;
-  if (idxs.has_value()) {
-    groups_sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
-    col_end = group_block_ends(groups_sorted, kWalkBlock);
-  }
-  const int64_t* groups_ptr = idxs.has_value() ? groups_sorted.const_data_ptr<int64_t>() : nullptr;
-  const int64_t* col_end_ptr = idxs.has_value() ? col_end.const_data_ptr<int64_t>() : nullptr;
+  const VisitGroups groups = visit_groups(idxs, order);
+  const int64_t* groups_ptr = groups.sorted_ptr();
+  const int64_t* col_end_ptr = groups.col_end_ptr();
 
   at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   auto* mask_ptr = reinterpret_cast<Word*>(mask.data_ptr<int64_t>());
@@ -270,9 +286,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                      }));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const c10::optional<at::Tensor> groups_arg = idxs.has_value() ? c10::optional<at::Tensor>(groups_sorted) : c10::nullopt;
-  const c10::optional<at::Tensor> col_end_arg = idxs.has_value() ? c10::optional<at::Tensor>(col_end) : c10::nullopt;
-  const at::Tensor keep = nms_greedy_keep_cuda(mask, groups_arg, col_end_arg, n);
+  const at::Tensor keep = nms_greedy_keep_cuda(mask, groups.sorted, groups.col_end, n);
   return kept_indices(order, keep, scores, idxs.has_value());
 }
 
