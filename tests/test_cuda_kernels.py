@@ -210,11 +210,11 @@ class TestCudaBoxNms:
             assert torch.equal(got.cpu(), expected)
 
     @pytest.mark.parametrize("layout", [None, "80_classes"])
-    def test_20k_boxes_1024_threads(self, layout):
+    def test_20k_boxes_512_threads(self, layout):
         n = 20_000
         boxes, scores = random_boxes(n, max_size=200), distinct_scores(n)
         idxs = None if layout is None else GROUP_LAYOUTS[layout](n)
-        assert walk_plan(n, idxs is not None, list(K._launch_limits(0)))["threads"] == 1024
+        assert walk_plan(n, idxs is not None, list(K._launch_limits(0)))["threads"] == 512
         expected = K._batched_nms_kernel(boxes, scores, idxs, 0.5)
         got = K._batched_nms_kernel(boxes.cuda(), scores.cuda(), None if idxs is None else idxs.cuda(), 0.5)
         assert torch.equal(got.cpu(), expected)

@@ -67,8 +67,8 @@ class TestNmsWalk:
         walk = plan("nms_walk", [64_000, 1])
         assert walk["walkers"] == walk["col_blocks"] == 1000
 
-    @pytest.mark.parametrize("n,threads", [(1, 128), (64 * 16, 128), (64 * 16 + 1, 256), (64 * 64, 512),
-                                           (64 * 127, 1024), (64_000, 1024), (10**6, 1024)])
+    @pytest.mark.parametrize("n,threads", [(1, 128), (64 * 16, 128), (64 * 16 + 1, 256), (64 * 32, 256),
+                                           (64 * 32 + 1, 512), (64_000, 512), (10**6, 512)])
     def test_threads(self, n, threads):
         walk = plan("nms_walk", [n, 0])
         assert walk["threads"] == threads and walk["threads"] % 64 == 0  # threads 0..63 stage a block
@@ -118,6 +118,9 @@ class TestRle:
         assert rle["chunks"] == 1
         rle = rle_plan(1_000_000, 64, 64, packed=False)
         assert rle["pass1_masks_per_launch"] == 1_000_000 and rle["strips"] == 1
+        # Pass 2 indexes a launch's columns (and its last block's idle threads) in int32.
+        rle = rle_plan(100_000, 4, 65536, packed=True)
+        assert rle["pass2_masks_per_launch"] == (2**31 - 1 - 256) // 65536 < 100_000
 
     @pytest.mark.parametrize("width,alignment,vector", [(1024, 256, 16), (1000, 256, 8), (1004, 256, 4),
                                                         (301, 256, 1), (1024, 8, 8), (1024, 4, 4), (1024, 1, 1),

@@ -86,7 +86,7 @@ inline PairTilesPlan plan_pair_tiles(int64_t rows, int64_t cols, const LaunchLim
 }
 
 // ------------------------------------------------------------------------------------------ NMS walk
-constexpr int kMaxWalkThreads = 1024;
+constexpr int kMaxWalkThreads = 512;
 
 struct NmsWalkPlan {
   int64_t col_blocks, walkers, threads, static_shared_bytes, dynamic_shared_bytes, global_removed, scratch_words;
@@ -99,7 +99,7 @@ struct NmsWalkPlan {
 // `removed` bitset (ceil(N/64) words) lives in shared memory when it fits the device's opt-in shared
 // memory next to the static NmsWalkShared, else in a zeroed global scratch (same kernel, atomics).
 // Threads: each step ORs up to 64 rows over the columns left, so at least ~8 loads per thread at the
-// start of the walk, between 128 and 1024.
+// start of the walk, between 128 and 512 (at 1024, sm_80 spills the pipelined OR step's registers).
 inline NmsWalkPlan plan_nms_walk(int64_t n, bool grouped, const LaunchLimits& limits) {
   TORCH_CHECK_VALUE(n >= 1, "walk plan: n must be >= 1, got ", n);
   NmsWalkPlan plan{};
@@ -183,8 +183,9 @@ inline RlePlan plan_rle(int64_t n, int64_t height, int64_t width, int64_t row_le
   plan.chunk_masks = std::min(n, std::max<int64_t>(1, limits.scratch_budget_bytes / bitmap_bytes_per_mask));
   plan.chunks = ceil_div(n, plan.chunk_masks);
   plan.bitmap_bytes = plan.chunk_masks * bitmap_bytes_per_mask;
-  // Pass 2: one thread per column; a launch covers whole masks and indexes its columns in int32.
-  const int64_t max_columns = std::min<int64_t>(2147483647, limits.max_grid_x * kRleThreads);
+  // Pass 2: one thread per column; a launch covers whole masks and indexes its columns in int32 (the
+  // last block's threads included, hence the margin of one block).
+  const int64_t max_columns = std::min<int64_t>(2147483647 - kRleThreads, limits.max_grid_x * kRleThreads);
   TORCH_CHECK_VALUE(width <= max_columns, "mask_to_rle: masks wider than ", max_columns, " columns");
   plan.pass2_masks_per_launch = std::min(n, max_columns / width);
   return plan;
