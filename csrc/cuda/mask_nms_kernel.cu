@@ -165,7 +165,8 @@ __global__ void mask_nms_bitmask_kernel(MaskSet masks, const int64_t* __restrict
       },
       [&](int r, int c, int inter) {
         const float iou = iou_from_counts(inter, masks.areas[row_start + r], masks.areas[col_start + c]);
-        if (static_cast<double>(iou) > threshold) atomicOr(&bits[r], 1ULL << c);
+        // A native 32-bit shared atomic on the word's half (a 64-bit one is a compare-and-swap loop).
+        if (static_cast<double>(iou) > threshold) atomicOr(reinterpret_cast<unsigned*>(bits) + 2 * r + (c >> 5), 1u << (c & 31));
       });
   __syncthreads();
   if (threadIdx.x < kTile && row_start + threadIdx.x < masks.count) {
