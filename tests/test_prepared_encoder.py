@@ -237,17 +237,33 @@ class TestInvalidation:
         model.invalidate_prepared()
         assert not torch.equal(self._check(model, images, 2), before)
 
-    def test_autocast_has_its_own_entry(self):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_autocast_has_its_own_entry(self, backend):
         model = _encoder()
+        with torch.no_grad():  # large float32 biases: any bias not rounded to bf16 as the ops round it shows
+            for m in model.modules():
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.normal_(0, 3)
         images = _images()
-        plain = _infer(model, images)
+        plain = _infer(model, images, backend)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = _infer(model, images)
-            assert torch.equal(_infer(model, images), half)
-            want = _unprepared(model, images)
+            half = _infer(model, images, backend)
+            assert torch.equal(_infer(model, images, backend), half)
+            want = _unprepared(model, images, backend)
         assert half.dtype == torch.bfloat16 and torch.equal(half, want)
-        assert torch.equal(_infer(model, images), plain)
+        assert torch.equal(_infer(model, images, backend), plain)
         assert _cache(model).builds == 2
+
+    def test_inference_tensors_run_uncached(self):
+        """Buffers made under torch.inference_mode have no version counter: the forward still works (on the
+        custom ops, nothing cached) and equals the same model made outside inference mode."""
+        want = _infer(_encoder(), _images())
+        with torch.inference_mode():
+            model = _encoder().to(torch.float32)  # .to() inside inference mode makes inference tensors
+            got = model(_images())
+        assert any(b.is_inference() for b in model.buffers())
+        assert torch.equal(got, want)
+        assert _cache(model).builds == 0
 
 
 class TestOpTables:

@@ -172,7 +172,8 @@ class Folds:
     def linear(self, module) -> LinearWeights:
         """An ``nn.Linear`` or 1x1 ``nn.Conv2d`` in the activation dtype (cuBLAS GEMMs on channels-last tokens)."""
         bias = module.bias.to(self.dtype) if module.bias is not None else None
-        bias_acc = module.bias.to(self.acc).contiguous() if module.bias is not None else None
+        # rounded to the activation dtype first, as the ops round every weight they are given
+        bias_acc = bias.to(self.acc).contiguous() if bias is not None else None
         return LinearWeights(_linear_weight(module).to(self.dtype).contiguous(), bias, bias_acc)
 
 
