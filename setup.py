@@ -105,9 +105,13 @@ setup(
     extras_require={
         "triton": ["triton"],
         "coco": ["pycocotools"],  # output_mode="coco_rle", as in segment_anything
+        # litesam-train / litesam-eval (torchvision too: the build that matches your torch, not listed here)
+        "train": ["Pillow", "tqdm", "segment-anything", "pycocotools"],
         "test": ["pytest", "pytest-benchmark", "torchvision", "segment-anything", "opencv-python-headless", "pycocotools"],
     },
-    entry_points={"console_scripts": ["litesam-segment=litesam_kernels.cli:main"]},
+    entry_points={"console_scripts": ["litesam-segment=litesam_kernels.cli:main",
+                                      "litesam-train=litesam_kernels.train.cli:main",
+                                      "litesam-eval=litesam_kernels.train.evaluate:main"]},
     ext_modules=[build_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},
     zip_safe=False,
