@@ -70,6 +70,8 @@ def losses(run: Path, column="loss"):
 
 
 def assert_falls(values, factor):
+    """The mean of the last five logged values is below ``factor`` times that of the first five (runs are
+    deterministic: same seed, same batches, so the measured ratios in the comments repeat)."""
     first, last = values[:5].mean(), values[-5:].mean()
     assert last < factor * first, f"loss did not fall enough: first five {values[:5]}, last five {values[-5:]}"
 
@@ -98,7 +100,7 @@ def finetuned(work, ppn_trained):
 
 # ---------------------------------------------------------------------------------------------- stages
 def test_distill_loss_falls_and_checkpoint_loads(work, distilled):
-    assert_falls(losses(distilled), 0.7)  # measured: 2.0 -> 0.9 over 20 steps
+    assert_falls(losses(distilled), 0.75)  # measured: last five / first five = 0.59
     rows = log_rows(distilled)
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
     assert set(rows[0]) >= {"step", "loss", "mse", "lr", "grad_norm", "images_per_s"}
@@ -114,13 +116,15 @@ def test_distill_loss_falls_and_checkpoint_loads(work, distilled):
 
 
 def test_ppn_loss_falls(ppn_trained):
-    assert_falls(losses(ppn_trained, "heatmap"), 0.8)  # measured: 1.9 -> 1.1
+    # Measured last five / first five: heatmap 0.52, total 0.87 (its box terms swing with the batch's images:
+    # the random teacher's speckled masks have image-wide boxes).
+    assert_falls(losses(ppn_trained, "heatmap"), 0.75)
     assert_falls(losses(ppn_trained), 0.95)
 
 
 def test_finetune_loss_falls_and_the_model_segments_everything(work, finetuned):
-    assert_falls(losses(finetuned), 0.9)  # measured: 8.1 -> 6.3
-    assert_falls(losses(finetuned, "mask"), 0.9)
+    assert_falls(losses(finetuned), 0.95)  # measured last five / first five: 0.86 (the box terms as above)
+    assert_falls(losses(finetuned, "mask"), 0.8)  # measured: 0.58
     model = LiteSAM.load(work.checkpoint("finetune"))
     image = load_image(work.images / "astronaut.png")
     records = segment_everything(model, image, output_mode="coco_rle", **OPENED)[0]
@@ -199,15 +203,21 @@ def test_two_process_torchrun_step_equals_one_process(work, ppn_trained):
 
 
 # ---------------------------------------------------------------------------------------------- precision, compile
-def test_bf16_autocast_on_the_fused_encoder(work, distilled):
-    run = work.train("distill", "bf16", 3, "--init", work.checkpoint("distill"), "--precision", "bf16",
+@pytest.fixture(scope="module")
+def three_fp32_steps(work, distilled):
+    return losses(work.train("distill", "fp32", 3, "--init", work.checkpoint("distill"), "--warmup-steps", "0",
+                             "--lr", "1e-4"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocast_on_the_fused_encoder(work, three_fp32_steps, precision):
+    """Autocast (fp16 with its GradScaler) through the fused encoder's forward and backward."""
+    run = work.train("distill", precision, 3, "--init", work.checkpoint("distill"), "--precision", precision,
                      "--warmup-steps", "0", "--lr", "1e-4")
-    reference = work.train("distill", "fp32", 3, "--init", work.checkpoint("distill"), "--warmup-steps", "0",
-                           "--lr", "1e-4")
-    bf16, fp32 = losses(run), losses(reference)
-    assert np.isfinite(bf16).all()
-    assert np.allclose(bf16, fp32, rtol=0.05)  # measured: within 1% (bf16 activations, fp32 loss)
-    assert training_state(work.checkpoint("bf16"))["options"]["precision"] == "bf16"
+    half = losses(run)
+    assert np.isfinite(half).all()
+    assert np.allclose(half, three_fp32_steps, rtol=0.01)  # measured: bf16 3e-4 relative, fp16 4e-5
+    assert training_state(work.checkpoint(precision))["options"]["precision"] == precision
 
 
 @pytest.fixture(scope="module")

@@ -357,3 +357,27 @@ class TestScheduleAndOptions:
         (tmp_path / "bad.json").write_text('{"image_size": 64, "wings": 2}')
         with pytest.raises(TrainError, match="wings"):
             load_config(str(tmp_path / "bad.json"))
+
+
+def test_sigterm_asks_for_a_checkpoint_and_stop():
+    import signal
+
+    from litesam_kernels.train.trainer import _StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = _StopRequest()
+    assert not stop.requested
+    signal.raise_signal(signal.SIGTERM)
+    assert stop.requested
+    stop.restore()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_bench_train_quick_runs_on_cpu():
+    from benchmarks import bench_train
+
+    rows = bench_train.run(torch.device("cpu"), quick=True)
+    timed = [r for r in rows if r.median_ms]
+    assert {r.impl for r in timed} == {"eager", "fused", "file-per-image", "fp16 shards"}
+    assert all(r.matches_baseline for r in timed) and all("/s" in r.note for r in timed)
+    assert {r.impl for r in rows if r.note.startswith("skipped")} == {"compiled-eager", "compiled-fused"}
