@@ -220,6 +220,18 @@ def test_half_precision_autocast_on_the_fused_encoder(work, three_fp32_steps, pr
     assert training_state(work.checkpoint(precision))["options"]["precision"] == precision
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-mode", "compiled"])
+def test_gpu_bf16_training_on_the_triton_kernels(work, three_fp32_steps, compiled):
+    """On a GPU: the fused encoder's Triton kernels, forward and backward, under bf16 autocast (and
+    torch.compile with inductor) train like the CPU fp32 run of the same three steps."""
+    extra = ["--compile"] if compiled else []
+    run = work.train("distill", f"gpu_{'compiled' if compiled else 'eager_mode'}", 3, "--init",
+                     work.checkpoint("distill"), "--precision", "bf16", "--device", "cuda", "--warmup-steps", "0",
+                     "--lr", "1e-4", *extra)
+    assert np.allclose(losses(run), three_fp32_steps, rtol=0.03)
+
+
 @pytest.fixture(scope="module")
 def two_fused_steps(work, distilled):
     return losses(work.train("distill", "fused", 2, "--init", work.checkpoint("distill"), "--warmup-steps", "0"))

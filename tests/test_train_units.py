@@ -381,3 +381,27 @@ def test_bench_train_quick_runs_on_cpu():
     assert {r.impl for r in timed} == {"eager", "fused", "file-per-image", "fp16 shards"}
     assert all(r.matches_baseline for r in timed) and all("/s" in r.note for r in timed)
     assert {r.impl for r in rows if r.note.startswith("skipped")} == {"compiled-eager", "compiled-fused"}
+
+
+def test_device_of_a_rank(monkeypatch):
+    from litesam_kernels.train.dist import Distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    dist = Distributed.from_environment()
+    assert (dist.rank, dist.world_size, dist.active, dist.is_main) == (1, 2, True, False)
+    assert dist.device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert dist.device("auto") == torch.device("cpu")
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="RANK, WORLD_SIZE and LOCAL_RANK must be integers"):
+        Distributed.from_environment()
+
+
+@pytest.mark.gpu
+def test_cuda_device_gets_this_ranks_index():
+    from litesam_kernels.train.dist import Distributed
+
+    assert Distributed().device("cuda") == torch.device("cuda", 0)
+    assert Distributed().device("auto") == torch.device("cuda", 0)

@@ -39,11 +39,11 @@ class Distributed:
         return self.rank == 0
 
     def device(self, requested: str) -> torch.device:
-        """``auto``: this rank's GPU (LOCAL_RANK) if there is one, else the CPU; a bare ``cuda`` under
-        torchrun is this rank's GPU."""
+        """``auto``: this rank's GPU (LOCAL_RANK; 0 outside torchrun) if there is one, else the CPU; a bare
+        ``cuda`` is this rank's GPU too."""
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
-        if requested == "cuda" and (self.active or self.local_rank):
+        if requested == "cuda":  # an index, so that set_device and DDP's device_ids have one
             requested = f"cuda:{self.local_rank}"
         device = torch.device(requested)
         if device.type == "cuda":
