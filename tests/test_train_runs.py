@@ -146,7 +146,7 @@ def test_interrupted_run_resumes_exactly(work, ppn_trained):
     """Fine-tuning with augmentation, prompts and gradient accumulation: stopped after 2 of 4 steps and
     resumed, it ends with the same parameters (bit for bit) and log as the uninterrupted run."""
     extra = ["--init", work.checkpoint("ppn"), "--prompts-per-image", "4", "--accum-steps", "2",
-             "--save-every", "100", "--warmup-steps", "1"]
+             "--save-every", "100", "--warmup-steps", "1", "--batch-size", "1"]
     straight = work.train("finetune", "straight", 4, *extra, teacher=False)
     work.train("finetune", "resumed", 4, *extra, "--stop-after", "2", teacher=False)
     assert training_state(work.checkpoint("resumed"))["step"] == 2
