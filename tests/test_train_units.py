@@ -69,6 +69,36 @@ class TestViews:
             assert error.max() <= (0.3 if mask_scale < 1 else 0.03), (trial, view)
             assert error.mean() <= 0.01
 
+    def test_masks_render_as_one_roi_align_over_the_whole_grid(self):
+        """Each mask is sampled over the cells its extent reaches only; the result is that of one
+        roi_align over the whole grid (the straightforward reference, written out here)."""
+        from torchvision.ops import roi_align
+
+        image, masks = shapes_image()
+        masks = torch.from_numpy(np.concatenate([masks, np.zeros((1,) + masks.shape[1:], bool)]))
+        stored = downsample_masks(masks, (75, 115))
+        rng = np.random.default_rng(5)
+        for trial in range(5):
+            view = Augmentation().sample(rng, *image.shape[:2]) if trial else View.identity(*image.shape[:2])
+            got = render_masks(stored, image.shape[:2], view, S)
+            height, width = image.shape[:2]
+            x0, y0, x1, y1 = view.crop
+            rows_at = (torch.arange(75) + 0.5) * (height / 75)
+            cols_at = (torch.arange(115) + 0.5) * (width / 115)
+            window = ((rows_at >= y0) & (rows_at < y1))[:, None] & ((cols_at >= x0) & (cols_at < x1))[None, :]
+            source = stored.float() * window
+            if view.flip:
+                source, (x0, x1) = source.flip(-1), (width - x1, width - x0)
+            h, w = view.input_size(S)
+            rows, cols = -(-h // MASK_STRIDE), -(-w // MASK_STRIDE)
+            box = [x0, y0, x0 + cols * MASK_STRIDE * (x1 - x0) / w, y0 + rows * MASK_STRIDE * (y1 - y0) / h]
+            scale = [115 / width, 75 / height] * 2
+            boxes = torch.tensor([[0.0] + [c * k for c, k in zip(box, scale)]])
+            expected = torch.zeros_like(got)
+            expected[:, :rows, :cols] = roi_align(source[None], boxes, (rows, cols), 1.0, -1, True)[0].clamp(0, 1)
+            assert torch.allclose(got, expected, atol=1e-5), trial
+            assert got[-1].abs().max() == 0
+
     def test_augmentation_is_a_function_of_its_generator(self):
         augmentation = Augmentation()
         a = [augmentation.sample(np.random.default_rng([3, 1]), 100, 200) for _ in range(2)]

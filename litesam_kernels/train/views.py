@@ -122,7 +122,7 @@ def render_masks(masks: torch.Tensor, original_size: Tuple[int, int], view: View
     """Masks of ``view`` on the low-res grid: (N, S/4, S/4) float coverage in [0, 1] (0 in the padding).
 
     Args:
-        masks: (N, hm, wm) bool/float masks of the whole original image, at any resolution (hm, wm).
+        masks: (N, hm, wm) bool masks of the whole original image, at any resolution (hm, wm).
         original_size: (H, W) of the original image (the frame of ``view.crop``).
     """
     from torchvision.ops import roi_align
@@ -132,25 +132,59 @@ def render_masks(masks: torch.Tensor, original_size: Tuple[int, int], view: View
     if masks.shape[0] == 0:
         return out
     height, width = original_size
+    mask_h, mask_w = masks.shape[-2:]
     x0, y0, x1, y1 = view.crop
-    # Zero the masks outside the crop, so that the cells straddling its far edges (whose footprint reaches
-    # into the padding) count only pixels the rendered image shows.
-    rows_at = (torch.arange(masks.shape[-2]) + 0.5) * (height / masks.shape[-2])
-    cols_at = (torch.arange(masks.shape[-1]) + 0.5) * (width / masks.shape[-1])
+    # Mask pixels whose centre lies outside the crop count as empty, so that the cells straddling its far
+    # edges (whose footprint reaches into the padding) count only pixels the rendered image shows.
+    rows_at = (torch.arange(mask_h) + 0.5) * (height / mask_h)
+    cols_at = (torch.arange(mask_w) + 0.5) * (width / mask_w)
     window = ((rows_at >= y0) & (rows_at < y1))[:, None] & ((cols_at >= x0) & (cols_at < x1))[None, :]
-    source = masks.float() * window
     if view.flip:  # flipping after the crop = cropping the mirrored box of the flipped image
-        source = source.flip(-1)
         x0, x1 = width - x1, width - x0
     h, w = view.input_size(image_size)
     rows, cols = -(-h // MASK_STRIDE), -(-w // MASK_STRIDE)
-    scale_x, scale_y = (x1 - x0) / w, (y1 - y0) / h  # original pixels per input pixel
-    box = [x0, y0, x0 + cols * MASK_STRIDE * scale_x, y0 + rows * MASK_STRIDE * scale_y]
-    to_mask = [source.shape[-1] / width, source.shape[-2] / height] * 2
-    boxes = torch.tensor([[0.0] + [c * s for c, s in zip(box, to_mask)]])
-    sampled = roi_align(source[None], boxes, (rows, cols), spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0]
-    out[:, :rows, :cols] = sampled.clamp_(0, 1)
+    to_mask_x, to_mask_y = mask_w / width, mask_h / height
+    # Cell (r, c)'s footprint in (flipped) mask pixels starts at (top + r * cell_h, left + c * cell_w).
+    left, top = x0 * to_mask_x, y0 * to_mask_y
+    cell_w = MASK_STRIDE * (x1 - x0) / w * to_mask_x
+    cell_h = MASK_STRIDE * (y1 - y0) / h * to_mask_y
+    # Each mask is sampled only around its extent (+1 pixel: bilinear samples reach one neighbour), most
+    # masks being small; the sub-grids' bins are exactly the whole grid's.
+    for i, extent in enumerate(_extents(masks & window)):
+        if extent is None:
+            continue
+        (ya, yb), (xa, xb) = extent
+        ya, yb, xa, xb = max(ya - 1, 0), min(yb + 1, mask_h - 1), max(xa - 1, 0), min(xb + 1, mask_w - 1)
+        part = (masks[i, ya:yb + 1, xa:xb + 1] & window[ya:yb + 1, xa:xb + 1]).float()
+        if view.flip:
+            part, (xa, xb) = part.flip(-1), (mask_w - 1 - xb, mask_w - 1 - xa)
+        r0, r1 = _cell_span((ya, yb), top, cell_h, rows)
+        c0, c1 = _cell_span((xa, xb), left, cell_w, cols)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        box = torch.tensor([[0.0, left + c0 * cell_w - xa, top + r0 * cell_h - ya,
+                             left + c1 * cell_w - xa, top + r1 * cell_h - ya]])
+        sampled = roi_align(part[None, None], box, (r1 - r0, c1 - c0), spatial_scale=1.0, sampling_ratio=-1,
+                            aligned=True)
+        out[i, r0:r1, c0:c1] = sampled[0, 0].clamp_(0, 1)
     return out
+
+
+def _extents(masks: torch.Tensor):
+    """Per (bool) mask, its ((first, last) row, (first, last) column) holding a pixel, or None when empty."""
+    rows_any, cols_any = masks.any(2), masks.any(1)
+    out = []
+    for rows_i, cols_i in zip(rows_any, cols_any):
+        ys, xs = torch.nonzero(rows_i).flatten(), torch.nonzero(cols_i).flatten()
+        out.append(None if ys.numel() == 0 else ((int(ys[0]), int(ys[-1])), (int(xs[0]), int(xs[-1]))))
+    return out
+
+
+def _cell_span(extent: Tuple[int, int], start: float, cell: float, count: int) -> Tuple[int, int]:
+    """The cells [c0, c1) whose footprint meets mask pixels extent[0]..extent[1] (inclusive)."""
+    first = math.floor((extent[0] - start) / cell)
+    last = math.ceil((extent[1] + 1 - start) / cell)
+    return max(first, 0), min(last, count)
 
 
 def normalize(pixels: torch.Tensor, sizes: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor
