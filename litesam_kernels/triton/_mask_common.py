@@ -61,26 +61,3 @@ def blend(a, b, c, d, rw0, rw1, cw0, cw1, EMULATE_FMA: tl.constexpr):
     top = fma(a, cw0, b * cw1, EMULATE_FMA)
     bottom = fma(c, cw0, d * cw1, EMULATE_FMA)
     return fma(top, rw0, bottom * rw1, EMULATE_FMA)
-
-
-@triton.jit
-def pixels(base, ys, xs, width, words, ok, PACKED: tl.constexpr):
-    if PACKED:
-        word = tl.load(base + ys.to(tl.int64) * words + (xs >> 5), mask=ok, other=0)
-        return (word >> (xs & 31)) & 1
-    else:
-        return (tl.load(base + ys.to(tl.int64) * width + xs, mask=ok, other=0) != 0).to(tl.int32)
-
-
-@triton.jit
-def rle_changes(base, y_start, cols, height, width, words, BLOCK_Y: tl.constexpr, PACKED: tl.constexpr):
-    ys = y_start + tl.arange(0, BLOCK_Y)[:, None]
-    xs = cols[None, :]
-    ok = (ys < height) & (xs < width)
-    last_row = ys == height - 1
-    next_ys = tl.where(last_row, 0, ys + 1)
-    next_xs = tl.where(last_row, xs + 1, xs)
-    has_next = ok & (next_xs < width)
-    here = pixels(base, ys, xs, width, words, ok, PACKED)
-    after = pixels(base, next_ys, next_xs, width, words, has_next, PACKED)
-    return ((here != after) & has_next).to(tl.int32), ys, xs
