@@ -5,7 +5,8 @@ from litesam_kernels.ops.bitmask import pack_masks, packed_width, unpack_masks
 
 
 class TestBitmask:
-    @pytest.mark.parametrize("shape", [(3, 5, 1), (2, 7, 31), (4, 9, 32), (2, 3, 33), (1, 17, 100), (0, 4, 40), (2, 0, 5)])
+    @pytest.mark.parametrize("shape", [(3, 5, 1), (2, 7, 31), (4, 9, 32), (2, 3, 33), (1, 17, 100), (0, 4, 40), (2, 0, 5),
+                                       (3, 6, 0)])
     def test_roundtrip(self, shape):
         masks = torch.rand(shape) > 0.5
         packed = pack_masks(masks)

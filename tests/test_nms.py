@@ -175,7 +175,7 @@ try:
     import triton
     import triton.language as tl
 
-    from litesam_kernels.triton.nms import _upper_triangle_tile
+    from litesam_kernels.triton._mask_common import upper_triangle_tile as _upper_triangle_tile
 
     @triton.jit
     def _tile_probe_kernel(tiles_ptr, rows_ptr, cols_ptr, count, col_blocks, BLOCK: tl.constexpr):
@@ -223,7 +223,8 @@ class TestNMSTritonLaunchConfigs:
             tiles = torch.unique(tiles.clamp(0, upper_triangle_tiles(col_blocks) - 1))
             rows = torch.empty(tiles.shape, dtype=torch.int32)
             cols = torch.empty(tiles.shape, dtype=torch.int32)
-            _tile_probe_kernel[(1,)](tiles, rows, cols, tiles.numel(), col_blocks, BLOCK=triton.next_power_of_2(tiles.numel()))
+            _tile_probe_kernel[(1,)](tiles, rows, cols, tiles.numel(), col_blocks,
+                                     BLOCK=triton.next_power_of_2(tiles.numel()))
             rows64 = rows.long()
             assert torch.all((cols >= rows) & (cols < col_blocks))
             assert torch.equal(rows64 * (2 * col_blocks - rows64 + 1) // 2 + (cols.long() - rows64), tiles)

@@ -32,6 +32,8 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     if masks.dim() < 2:
         raise ValueError(f"masks must have at least 2 dims (..., H, W), got shape {tuple(masks.shape)}")
     words = packed_width(masks.shape[-1])
+    if masks.numel() == 0:
+        return torch.zeros((*masks.shape[:-1], words), dtype=torch.int32, device=masks.device)
     eight_pixels = _padded_bytes(masks, words * BITS_PER_WORD).view(torch.int64)
     # byte j += pixel j+1 at bit 1, then pixels j+2, j+3 at bits 2-3, then j+4..j+7 at bits 4-7: byte 0 of
     # every int64 ends up holding its 8 pixels (the higher bytes hold partial copies, dropped by the cast).
@@ -60,6 +62,8 @@ def unpack_masks(packed: torch.Tensor, width: int) -> torch.Tensor:
         raise ValueError(
             f"packed must have shape (..., H, {packed_width(width)}) for width={width}, got {tuple(packed.shape)}"
         )
+    if packed.numel() == 0:
+        return torch.zeros((*packed.shape[:-1], width), dtype=torch.bool, device=packed.device)
     # The packing steps reversed: each byte (8 pixels) spread to one int64 with pixel k in byte k.
     spread = packed.contiguous().view(torch.uint8).to(torch.int64)
     spread = (spread | (spread << 28)) & 0x0000000F0000000F

@@ -1,4 +1,5 @@
-"""@triton.jit helpers shared by the mask kernels (inlined into them; not kernels themselves)."""
+"""@triton.jit helpers of the SegEvery post-processing kernels (mask post-processing, RLE, mask and box NMS),
+inlined into them; not kernels themselves (the AOT check compiles them through their callers)."""
 import triton
 import triton.language as tl
 
@@ -61,3 +62,93 @@ def blend(a, b, c, d, rw0, rw1, cw0, cw1, EMULATE_FMA: tl.constexpr):
     top = fma(a, cw0, b * cw1, EMULATE_FMA)
     bottom = fma(c, cw0, d * cw1, EMULATE_FMA)
     return fma(top, rw0, bottom * rw1, EMULATE_FMA)
+
+
+# ------------------------------------------------------------------------------ box NMS (triton/nms.py)
+@triton.jit
+def load_boxes(boxes_ptr, index, ok):
+    """(x1, y1, x2, y2) of XYXY boxes ``index``."""
+    x1 = tl.load(boxes_ptr + index * 4 + 0, mask=ok, other=0.0)
+    y1 = tl.load(boxes_ptr + index * 4 + 1, mask=ok, other=0.0)
+    x2 = tl.load(boxes_ptr + index * 4 + 2, mask=ok, other=0.0)
+    y2 = tl.load(boxes_ptr + index * 4 + 3, mask=ok, other=0.0)
+    return x1, y1, x2, y2
+
+
+@triton.jit
+def upper_triangle_tile(tile, col_blocks):
+    """(row block, column block) of upper-triangle tile ``tile`` (row-major, row r holds col_blocks - r
+    tiles): r from the closed form of start(r) = r * (2 * col_blocks - r + 1) / 2 <= tile, then one
+    correction step each way for the float32 square root."""
+    tile = tile.to(tl.int64)
+    span = 2 * col_blocks.to(tl.int64) + 1
+    disc = (span * span - 8 * tile).to(tl.float32)
+    r = ((span.to(tl.float32) - tl.sqrt(disc)) * 0.5).to(tl.int64)
+    r = tl.where(r * (span - r) // 2 > tile, r - 1, r)
+    r = tl.where((r + 1) * (span - r - 1) // 2 <= tile, r + 1, r)
+    return r.to(tl.int32), (r + tile - r * (span - r) // 2).to(tl.int32)
+
+
+# ------------------------------------------------------------------------------ RLE (triton/rle.py)
+@triton.jit
+def block_pointers(masks_ptr, height, width, words, PACKED: tl.constexpr, BLOCK_X: tl.constexpr):
+    """Loop-invariant pieces of a program: (pointers to row 0 of its columns/words, int64 row length,
+    load mask, column indices [BLOCK_X] or [BLOCK_X / 32, 32], bit positions)."""
+    row_len = tl.program_id(0).to(tl.int64) * 0 + (words if PACKED else width)
+    base = masks_ptr + tl.program_id(0).to(tl.int64) * height * row_len
+    bits = tl.arange(0, 32)
+    if PACKED:
+        word_ids = tl.program_id(2) * (BLOCK_X // 32) + tl.arange(0, BLOCK_X // 32)
+        return base + word_ids, row_len, word_ids < words, word_ids[:, None] * 32 + bits[None, :], bits
+    else:
+        cols = tl.program_id(2) * BLOCK_X + tl.arange(0, BLOCK_X)
+        return base + cols, row_len, cols < width, cols, bits
+
+
+@triton.jit
+def last_row_change(row_ptrs, last_row, cols, width, PACKED: tl.constexpr):
+    """1 where the last row's pixel (H - 1, x) differs from (0, x + 1), the next pixel in column-major
+    order (0 for the last column). ``last_row``: row H - 1 as loaded by the walk (bool values or words)."""
+    ok = cols + 1 < width
+    if PACKED:
+        row0 = row_ptrs[:, None] - (cols >> 5)  # row 0, word 0 (per lane)
+        here = (last_row[:, None] >> (cols & 31)) & 1
+        top = (tl.load(row0 + ((cols + 1) >> 5), mask=ok, other=0) >> ((cols + 1) & 31)) & 1
+    else:
+        row0 = row_ptrs - cols  # row 0, column 0 (per lane)
+        here = last_row != 0
+        top = tl.load(row0 + cols + 1, mask=ok, other=0) != 0
+    return ok & (here != top)
+
+
+@triton.jit
+def row_range(height, row_block, ROWS: tl.constexpr):
+    """This program's rows [first, end) whose successor below it compares, and where the unrolled steps end."""
+    first = tl.program_id(1) * row_block
+    end = tl.minimum(first + row_block, height - 1)  # the last row's successor is the next column's top
+    return first, end, first + (end - first) // ROWS * ROWS
+
+
+# ------------------------------------------------------------------------------ mask IoU (triton/mask_nms.py)
+@triton.jit
+def pair_windows(win_a_ptr, win_b_ptr, groups_a_ptr, groups_b_ptr, na, nb, rows, cols,
+                 UPPER: tl.constexpr, HAS_GROUPS: tl.constexpr):
+    """For the [TILE, TILE] candidate pairs (rows of a, cols of b): whether they can share a pixel, and the
+    intersection of their windows (int32 inclusive x0, y0, x1, y1; windows are clipped to the mask)."""
+    row_ok = rows < na
+    col_ok = cols < nb
+    x0 = tl.maximum(tl.load(win_a_ptr + rows * 4 + 0, mask=row_ok, other=0)[:, None],
+                    tl.load(win_b_ptr + cols * 4 + 0, mask=col_ok, other=0)[None, :])
+    y0 = tl.maximum(tl.load(win_a_ptr + rows * 4 + 1, mask=row_ok, other=0)[:, None],
+                    tl.load(win_b_ptr + cols * 4 + 1, mask=col_ok, other=0)[None, :])
+    x1 = tl.minimum(tl.load(win_a_ptr + rows * 4 + 2, mask=row_ok, other=-1)[:, None],
+                    tl.load(win_b_ptr + cols * 4 + 2, mask=col_ok, other=-1)[None, :])
+    y1 = tl.minimum(tl.load(win_a_ptr + rows * 4 + 3, mask=row_ok, other=-1)[:, None],
+                    tl.load(win_b_ptr + cols * 4 + 3, mask=col_ok, other=-1)[None, :])
+    overlap = row_ok[:, None] & col_ok[None, :] & (x0 <= x1) & (y0 <= y1)
+    if UPPER:
+        overlap = overlap & (cols[None, :] > rows[:, None])
+    if HAS_GROUPS:
+        overlap = overlap & (tl.load(groups_a_ptr + rows, mask=row_ok, other=0)[:, None]
+                             == tl.load(groups_b_ptr + cols, mask=col_ok, other=0)[None, :])
+    return overlap, x0, y0, x1, y1

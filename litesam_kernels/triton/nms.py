@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _mask_common as common
 from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
 from litesam_kernels.triton._constants import device_constants
 
@@ -34,35 +35,15 @@ GATHER_CONFIGS = LaunchConfigs("nms.gather", [
 
 
 @triton.jit
-def _upper_triangle_tile(tile, col_blocks):
-    """(row block, column block) of upper-triangle tile ``tile`` (row-major, row r holds col_blocks - r
-    tiles): r from the closed form of start(r) = r * (2 * col_blocks - r + 1) / 2 <= tile, then one
-    correction step each way for the float32 square root."""
-    tile = tile.to(tl.int64)
-    span = 2 * col_blocks.to(tl.int64) + 1
-    disc = (span * span - 8 * tile).to(tl.float32)
-    r = ((span.to(tl.float32) - tl.sqrt(disc)) * 0.5).to(tl.int64)
-    r = tl.where(r * (span - r) // 2 > tile, r - 1, r)
-    r = tl.where((r + 1) * (span - r - 1) // 2 <= tile, r + 1, r)
-    return r.to(tl.int32), (r + tile - r * (span - r) // 2).to(tl.int32)
-
-
-@triton.jit
-def _load_boxes(boxes_ptr, index, ok):
-    return (tl.load(boxes_ptr + index * 4 + 0, mask=ok, other=0.0), tl.load(boxes_ptr + index * 4 + 1, mask=ok, other=0.0),
-            tl.load(boxes_ptr + index * 4 + 2, mask=ok, other=0.0), tl.load(boxes_ptr + index * 4 + 3, mask=ok, other=0.0))
-
-
-@triton.jit
 def _nms_mask_kernel(boxes_ptr, groups_ptr, col_end_ptr, threshold_ptr, mask_ptr, n, col_blocks,
                      HAS_GROUPS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    row_block, col_block = _upper_triangle_tile(tl.program_id(0), col_blocks)
+    row_block, col_block = common.upper_triangle_tile(tl.program_id(0), col_blocks)
     if col_block >= tl.load(col_end_ptr + row_block):
         return  # no group of this row block reaches that far: nothing to suppress, no word is read
 
     rows = row_block * 64 + tl.arange(0, 64)
     row_ok = rows < n
-    rx1, ry1, rx2, ry2 = _load_boxes(boxes_ptr, rows, row_ok)
+    rx1, ry1, rx2, ry2 = common.load_boxes(boxes_ptr, rows, row_ok)
     row_area = (rx2 - rx1) * (ry2 - ry1)
     threshold = tl.load(threshold_ptr)
     if HAS_GROUPS:
@@ -73,7 +54,7 @@ def _nms_mask_kernel(boxes_ptr, groups_ptr, col_end_ptr, threshold_ptr, mask_ptr
         lanes = sub + tl.arange(0, BLOCK_COLS)
         cols = col_block * 64 + lanes
         col_ok = cols < n
-        cx1, cy1, cx2, cy2 = _load_boxes(boxes_ptr, cols, col_ok)
+        cx1, cy1, cx2, cy2 = common.load_boxes(boxes_ptr, cols, col_ok)
         col_area = (cx2 - cx1) * (cy2 - cy1)
         width = tl.minimum(rx2[:, None], cx2[None, :]) - tl.maximum(rx1[:, None], cx1[None, :])
         height = tl.minimum(ry2[:, None], cy2[None, :]) - tl.maximum(ry1[:, None], cy1[None, :])
@@ -129,7 +110,8 @@ def upper_triangle_tiles(col_blocks: int) -> int:
     return col_blocks * (col_blocks + 1) // 2
 
 
-def nms_keep_mask(boxes_sorted: torch.Tensor, groups_sorted, col_end: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms_keep_mask(boxes_sorted: torch.Tensor, groups_sorted, col_end: torch.Tensor,
+                  iou_threshold: float) -> torch.Tensor:
     """Greedy keep flags (bool, one per box) for boxes already in visit order.
 
     boxes_sorted: (N, 4) float32/float64 contiguous; groups_sorted: (N,) int64 ascending or None;

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _mask_common as common
 from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
 
 # BLOCK_X: columns per program (a multiple of 32; bool: BLOCK_X / (32 * num_warps) bytes per thread and row,
@@ -44,55 +45,15 @@ COUNT_CONFIGS = LaunchConfigs("rle.counts", _CONFIGS)
 BOUNDARY_CONFIGS = LaunchConfigs("rle.boundaries", _BOUNDARY_CONFIGS)
 
 
-@triton.jit
-def _block_pointers(masks_ptr, height, width, words, PACKED: tl.constexpr, BLOCK_X: tl.constexpr):
-    """Loop-invariant pieces of a program: (pointers to row 0 of its columns/words, int64 row length,
-    load mask, column indices [BLOCK_X] or [BLOCK_X / 32, 32], bit positions)."""
-    row_len = tl.program_id(0).to(tl.int64) * 0 + (words if PACKED else width)
-    base = masks_ptr + tl.program_id(0).to(tl.int64) * height * row_len
-    bits = tl.arange(0, 32)
-    if PACKED:
-        word_ids = tl.program_id(2) * (BLOCK_X // 32) + tl.arange(0, BLOCK_X // 32)
-        return base + word_ids, row_len, word_ids < words, word_ids[:, None] * 32 + bits[None, :], bits
-    else:
-        cols = tl.program_id(2) * BLOCK_X + tl.arange(0, BLOCK_X)
-        return base + cols, row_len, cols < width, cols, bits
-
-
-@triton.jit
-def _last_row_change(row_ptrs, last_row, cols, width, PACKED: tl.constexpr):
-    """1 where the last row's pixel (H - 1, x) differs from (0, x + 1), the next pixel in column-major
-    order (0 for the last column). ``last_row``: row H - 1 as loaded by the walk (bool values or words)."""
-    ok = cols + 1 < width
-    if PACKED:  # row 0, column 0 (per lane)
-        base = row_ptrs[:, None] - (cols >> 5)
-    else:
-        base = row_ptrs - cols
-    if PACKED:
-        here = (last_row[:, None] >> (cols & 31)) & 1
-        top = (tl.load(base + ((cols + 1) >> 5), mask=ok, other=0) >> ((cols + 1) & 31)) & 1
-    else:
-        here = last_row != 0
-        top = tl.load(base + cols + 1, mask=ok, other=0) != 0
-    return ok & (here != top)
-
-
-@triton.jit
-def _row_range(height, row_block, ROWS: tl.constexpr):
-    """This program's rows [first, end) whose successor below it compares, and where the unrolled steps end."""
-    first = tl.program_id(1) * row_block
-    end = tl.minimum(first + row_block, height - 1)  # the last row's successor is the next column's top
-    return first, end, first + (end - first) // ROWS * ROWS
-
-
 # The per-row steps below are written out in both kernels (no helper call per row: the interpreter pays
 # a lot per call). Bool pixels are bytes 0/1 and compare as loaded; packed rows XOR into change bits.
 @triton.jit
 def _rle_column_counts_kernel(masks_ptr, counts_ptr, height, width, words, row_block, row_blocks,
                               PACKED: tl.constexpr, BLOCK_X: tl.constexpr, ROWS: tl.constexpr):
     """counts[mask, x, row block]: changes after the pixels (y, x) of the row block, column-major order."""
-    row_ptrs, row_len, load_ok, cols, bits = _block_pointers(masks_ptr, height, width, words, PACKED, BLOCK_X)
-    first, end, unrolled_end = _row_range(height, row_block, ROWS)
+    row_ptrs, row_len, load_ok, cols, bits = common.block_pointers(masks_ptr, height, width, words, PACKED,
+                                                                   BLOCK_X)
+    first, end, unrolled_end = common.row_range(height, row_block, ROWS)
     previous = tl.load(row_ptrs + tl.minimum(first, height - 1) * row_len, mask=load_ok, other=0)
     if PACKED:
         changes = tl.zeros([BLOCK_X // 32, 32], dtype=tl.int32)
@@ -114,7 +75,7 @@ def _rle_column_counts_kernel(masks_ptr, counts_ptr, height, width, words, row_b
             changes += previous != row
         previous = row
     if first + row_block >= height:  # this block holds the last row
-        changes += _last_row_change(row_ptrs, previous, cols, width, PACKED)
+        changes += common.last_row_change(row_ptrs, previous, cols, width, PACKED)
     out = (tl.program_id(0).to(tl.int64) * width + cols) * row_blocks + tl.program_id(1)
     tl.store(counts_ptr + out, changes, mask=cols < width)
 
@@ -123,12 +84,13 @@ def _rle_column_counts_kernel(masks_ptr, counts_ptr, height, width, words, row_b
 def _rle_boundaries_kernel(masks_ptr, offsets_ptr, boundaries_ptr, height, width, words, row_block, row_blocks,
                            PACKED: tl.constexpr, BLOCK_X: tl.constexpr, ROWS: tl.constexpr):
     """Boundary x * H + y + 1 of every change after (y, x) in this block, from slot offsets[mask, x, row block]."""
-    row_ptrs, row_len, load_ok, cols, bits = _block_pointers(masks_ptr, height, width, words, PACKED, BLOCK_X)
+    row_ptrs, row_len, load_ok, cols, bits = common.block_pointers(masks_ptr, height, width, words, PACKED,
+                                                                   BLOCK_X)
     col_ok = cols < width
     start = (tl.program_id(0).to(tl.int64) * width + cols) * row_blocks + tl.program_id(1)
     slots = boundaries_ptr + tl.load(offsets_ptr + start, mask=col_ok, other=0)  # each column's next slot
     column_start = cols.to(tl.int64) * height  # boundary of the change after (y, x) = column_start + y + 1
-    first, end, unrolled_end = _row_range(height, row_block, ROWS)
+    first, end, unrolled_end = common.row_range(height, row_block, ROWS)
     previous = tl.load(row_ptrs + tl.minimum(first, height - 1) * row_len, mask=load_ok, other=0)
     for y_start in range(first + 1, unrolled_end + 1, ROWS):
         for r in tl.static_range(ROWS):
@@ -150,7 +112,7 @@ def _rle_boundaries_kernel(masks_ptr, offsets_ptr, boundaries_ptr, height, width
         slots += change.to(tl.int32)
         previous = row
     if first + row_block >= height:
-        change = col_ok & _last_row_change(row_ptrs, previous, cols, width, PACKED)
+        change = col_ok & common.last_row_change(row_ptrs, previous, cols, width, PACKED)
         tl.store(slots, column_start + height, mask=change)
 
 
