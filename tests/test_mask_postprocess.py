@@ -255,6 +255,67 @@ class TestPostprocessMasks:
             if input_size == original_size:
                 assert differing == 0
 
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("case", SMALL_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+    def test_triton_half_is_the_fused_formula_exactly(self, dtype, case):
+        """Half logits on the Triton kernel: masks, stability, boxes and areas equal the fused formula (float32
+        weights and blends, values rounded to the logits dtype between and after the resizes, torch's CUDA
+        arithmetic) bit for bit; the formula's distance to torch's CPU kernel is measured at SAM sizes below."""
+        if _backend.why_not("triton", POSTPROCESS, torch.device("cpu")):
+            pytest.skip("triton cannot run here")
+        low, image_size, input_size, original_size = case
+        low_res = blob_logits(3, low, low, low=4, scale=8.0, dtype=dtype)
+        logits = fused_formula(low_res, input_size, original_size, image_size)
+        with lk.use_backend("triton"):
+            got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size, packed=True)
+        masks = logits > 0
+        assert torch.equal(unpack_masks(got.masks, original_size[1]), masks)
+        torch.testing.assert_close(got.stability_scores, amg.calculate_stability_score(logits, 0.0, 1.0), rtol=0,
+                                   atol=0, equal_nan=True)
+        assert torch.equal(got.boxes, amg.batched_mask_to_box(masks)) and torch.equal(got.areas, masks.sum((-1, -2)))
+
+    def test_tables_are_cached_per_sizes_and_device(self):
+        low_res = blob_logits(2, 16, 16)
+        first = mp._resize_tables(low_res, [64, 48], [75, 57], 64, struct_of_arrays=True)
+        assert all(a is b for a, b in zip(first, mp._resize_tables(low_res, [64, 48], [75, 57], 64,
+                                                                       struct_of_arrays=True)))
+        rows = mp._resize_tables(low_res, [64, 48], [75, 57], 64)
+        assert all(torch.equal(a, b.t()) for a, b in zip(first, rows))
+        assert mp._resize_tables(low_res, [64, 48], [70, 57], 64)[2].shape == (70, 4)
+
+    @pytest.mark.parametrize("family", ["mask_postprocess.stability", "mask_postprocess.boxes",
+                                        "mask_postprocess.fused"])
+    def test_every_triton_launch_configuration(self, family):
+        if _backend.why_not("triton", POSTPROCESS, torch.device("cpu")):
+            pytest.skip("triton cannot run here")
+        from litesam_kernels.triton import _configs, mask_postprocess as triton_mp  # noqa: F401  (declares them)
+
+        low_res = blob_logits(2, 12, 12, low=4, scale=8.0, dtype=torch.bfloat16)
+        cases = (((48, 30), (23, 70)), ((48, 48), (48, 48)))  # general and same-size second resize
+
+        def fused():
+            for (input_size, original_size), packed in zip(cases, (True, False)):
+                formula = fused_formula(low_res, input_size, original_size, 48)
+                got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=48, packed=packed)
+                assert torch.equal(unpack_masks(got.masks, original_size[1]) if packed else got.masks, formula > 0)
+                assert torch.equal(got.boxes, amg.batched_mask_to_box(formula > 0))
+
+        def boxes():
+            masks = mp.sam_upscale(low_res, *cases[0], 48) > 0
+            assert torch.equal(lk.ops.masks_to_boxes(masks), amg.batched_mask_to_box(masks))
+            assert torch.equal(lk.ops.masks_to_boxes(pack_masks(masks), width=70), amg.batched_mask_to_box(masks))
+
+        def stability():
+            logits = mp.sam_upscale(low_res, *cases[0], 48)
+            torch.testing.assert_close(lk.ops.stability_score(logits, 0.0, 1.0),
+                                       amg.calculate_stability_score(logits, 0.0, 1.0), rtol=0, atol=0, equal_nan=True)
+
+        check = {"mask_postprocess.stability": stability, "mask_postprocess.boxes": boxes,
+                 "mask_postprocess.fused": fused}[family]
+        for index in range(len(_configs.families()[family])):
+            with _configs.force_config(family, index), lk.use_backend("triton"):
+                check()
+
     @pytest.mark.parametrize("backend", runnable_backends(POSTPROCESS))
     def test_no_masks_and_one_pixel_output(self, backend):
         with lk.use_backend(backend):

@@ -3,6 +3,8 @@ inlined into them; not kernels themselves (the AOT check compiles them through t
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton import _bits
+
 
 @triton.jit
 def fma(a, b, c, EMULATE_FMA: tl.constexpr):
@@ -31,29 +33,24 @@ def store_box_partial(box_ptr, mask_id, row_block, row_blocks, rows, row_any, co
 
 
 @triton.jit
-def or_rows(words):
-    # OR over axis 0 of int32 words, bit by bit through max (no bitwise reduction needed).
-    bits = tl.arange(0, 32)
-    per_bit = tl.max((words[:, :, None] >> bits[None, None, :]) & 1, axis=0)  # [W, 32]
-    return tl.sum(per_bit << bits[None, :], axis=1)
-
-
-@triton.jit
-def stage1(logits_base, low_w, crop_rows, y1_ptr, x1_ptr, crop_cols, EMULATE_FMA: tl.constexpr):
-    """Value of the 1024-grid (after the first bilinear resize) at crop_rows [BH,1,1] x crop_cols [1,W,32]."""
-    r0 = tl.load(y1_ptr + crop_rows * 4 + 0).to(tl.int32)
-    r1 = tl.load(y1_ptr + crop_rows * 4 + 1).to(tl.int32)
-    rw0 = tl.load(y1_ptr + crop_rows * 4 + 2)
-    rw1 = tl.load(y1_ptr + crop_rows * 4 + 3)
-    c0 = tl.load(x1_ptr + crop_cols * 4 + 0).to(tl.int32)
-    c1 = tl.load(x1_ptr + crop_cols * 4 + 1).to(tl.int32)
-    cw0 = tl.load(x1_ptr + crop_cols * 4 + 2)
-    cw1 = tl.load(x1_ptr + crop_cols * 4 + 3)
+def stage1(logits_base, low_w, crop_rows, y1_ptr, crop_h, x1_ptr, crop_w, crop_cols, out_dtype: tl.constexpr,
+           EMULATE_FMA: tl.constexpr):
+    """Value of the 1024-grid (after the first bilinear resize) at crop_rows x crop_cols (broadcasting),
+    rounded to the logits dtype as torch stores it between the resizes, back in float32. Tables are
+    struct-of-arrays (4, crop size): i0, i1, w0, w1."""
+    r0 = tl.load(y1_ptr + crop_rows).to(tl.int32)
+    r1 = tl.load(y1_ptr + crop_h + crop_rows).to(tl.int32)
+    rw0 = tl.load(y1_ptr + 2 * crop_h + crop_rows)
+    rw1 = tl.load(y1_ptr + 3 * crop_h + crop_rows)
+    c0 = tl.load(x1_ptr + crop_cols).to(tl.int32)
+    c1 = tl.load(x1_ptr + crop_w + crop_cols).to(tl.int32)
+    cw0 = tl.load(x1_ptr + 2 * crop_w + crop_cols)
+    cw1 = tl.load(x1_ptr + 3 * crop_w + crop_cols)
     a = tl.load(logits_base + r0 * low_w + c0).to(tl.float32)
     b = tl.load(logits_base + r0 * low_w + c1).to(tl.float32)
     c = tl.load(logits_base + r1 * low_w + c0).to(tl.float32)
     d = tl.load(logits_base + r1 * low_w + c1).to(tl.float32)
-    return blend(a, b, c, d, rw0, rw1, cw0, cw1, EMULATE_FMA)
+    return blend(a, b, c, d, rw0, rw1, cw0, cw1, EMULATE_FMA).to(out_dtype).to(tl.float32)
 
 
 @triton.jit
@@ -152,3 +149,26 @@ def pair_windows(win_a_ptr, win_b_ptr, groups_a_ptr, groups_b_ptr, na, nb, rows,
         overlap = overlap & (tl.load(groups_a_ptr + rows, mask=row_ok, other=0)[:, None]
                              == tl.load(groups_b_ptr + cols, mask=col_ok, other=0)[None, :])
     return overlap, x0, y0, x1, y1
+
+
+# ------------------------------------------------------------------------------ packing (triton/mask_postprocess.py)
+@triton.jit
+def pack_last_axis(pixels, bits):
+    """[H, W, 32] 0/1 pixels -> [H, W] int32 words, LSB first (disjoint bits: the sum is their OR)."""
+    return tl.sum(pixels.to(tl.uint32) << bits, axis=2).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def pack_bits_first(pixels):
+    """[32, W, H] 0/1 pixels -> [W, H] int32 words, LSB first (disjoint bits: the sum is their OR)."""
+    shifts = tl.arange(0, 32)[:, None, None]
+    return tl.sum(pixels.to(tl.uint32) << shifts, axis=0).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def word_extent(words, word_ids, col_lo, col_hi, big):
+    """Per lane: the lowest and highest set column so far, from packed words [.., W] at word_ids."""
+    occupied = words != 0
+    col_lo = tl.minimum(col_lo, tl.where(occupied, word_ids * 32 + _bits.lowest_bit(words), big))
+    col_hi = tl.maximum(col_hi, tl.where(occupied, word_ids * 32 + _bits.highest_bit(words), -1))
+    return col_lo, col_hi
