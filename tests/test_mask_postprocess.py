@@ -213,8 +213,9 @@ class TestPostprocessMasks:
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     def test_reduced_precision_within_tolerance(self, backend, dtype):
         """torch's CPU bilinear kernel keeps float16/bfloat16 weights in that dtype; the fused kernel uses
-        float32 weights (torch's CUDA arithmetic). Masks may differ only where a value is within one
-        dtype rounding of the threshold: at most 0.1% of pixels here; stability within 1%."""
+        float32 weights (torch's CUDA arithmetic). Masks may differ only where a value is within one dtype
+        rounding of the threshold. Bounds from the SAM-size measurement below (at most 2e-5 of pixels,
+        stability within 5e-4); measured here (Triton, interpreter): no pixel and no stability score differs."""
         low, image_size, input_size, original_size = self.SMALL_CASES[0]
         low_res = blob_logits(3, low, low, low=4, scale=8.0, dtype=dtype)
         expected = sam_postprocess(low_res, input_size, original_size, image_size)
@@ -227,8 +228,8 @@ class TestPostprocessMasks:
         with lk.use_backend(backend):
             got = lk.ops.postprocess_masks(low_res, input_size, original_size, image_size=image_size)
         differing = (got.masks != expected[0]).sum().item()
-        assert differing <= 0.001 * expected[0].numel()
-        torch.testing.assert_close(got.stability_scores, expected[1], rtol=0.01, atol=0.01)
+        assert differing <= 2e-5 * expected[0].numel()
+        torch.testing.assert_close(got.stability_scores, expected[1], rtol=0, atol=5e-4, equal_nan=True)
         assert (got.boxes - expected[2]).abs().max() <= 1
         assert torch.equal(got.areas, got.masks.sum((-1, -2)))
 
@@ -243,15 +244,21 @@ class TestPostprocessMasks:
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     def test_reduced_precision_arithmetic_vs_torch_cpu_at_sam_sizes(self, dtype):
         """Measured tolerance of the fused arithmetic (float32 weights, values rounded to the dtype between
-        and after the resizes, as torch's CUDA kernel) vs torch's CPU kernel (reduced-precision weights):
-        about 1e-6 (float16) to 7e-6 (bfloat16) of mask pixels differ on realistic logits; exact when the
-        second resize keeps the size."""
+        and after the resizes, as torch's CUDA kernel) vs torch's CPU kernel (reduced-precision weights),
+        realistic logits, 3 seeds x 3 SAM size pairs (crop 1024x768 -> 1500x1125, 768x1024 -> 480x640,
+        1024x683 -> 2250x1500): at most 1.6e-6 (float16) / 1.1e-5 (bfloat16) of mask pixels differ,
+        stability scores within 1.1e-4 / 1.7e-4, boxes equal; exact when the second resize keeps the size.
+        Bounds: 2e-5 of pixels, 5e-4 stability."""
         low_res = blob_logits(2, 256, 256, low=16, scale=8.0, dtype=dtype)
-        for input_size, original_size in (((1024, 768), (1500, 1125)), ((1024, 1024), (1024, 1024))):
-            expected = mp.sam_upscale(low_res, input_size, original_size, 1024) > 0
-            got = fused_formula(low_res, input_size, original_size, 1024) > 0
-            differing = (got != expected).sum().item()
-            assert differing <= 1e-5 * expected.numel()
+        for input_size, original_size in (((1024, 768), (1500, 1125)), ((1024, 1024), (1024, 1024)),
+                                          ((1024, 683), (2250, 1500))):
+            expected = mp.sam_upscale(low_res, input_size, original_size, 1024)
+            got = fused_formula(low_res, input_size, original_size, 1024)
+            differing = ((got > 0) != (expected > 0)).sum().item()
+            assert differing <= 2e-5 * expected.numel()
+            torch.testing.assert_close(amg.calculate_stability_score(got, 0.0, 1.0),
+                                       amg.calculate_stability_score(expected, 0.0, 1.0), rtol=0, atol=5e-4)
+            assert torch.equal(amg.batched_mask_to_box(got > 0), amg.batched_mask_to_box(expected > 0))
             if input_size == original_size:
                 assert differing == 0
 

@@ -21,6 +21,13 @@ def wrap_int16(count):
 
 
 @triton.jit
+def mask_and_row_block(row_blocks):
+    """(mask, row block) of this program on a 1-D grid of masks x row blocks (int64 mask index)."""
+    program = tl.program_id(0).to(tl.int64)
+    return program // row_blocks, (program % row_blocks).to(tl.int32)
+
+
+@triton.jit
 def store_box_partial(box_ptr, mask_id, row_block, row_blocks, rows, row_any, col_min, col_max, height, width):
     big = height + width + 1
     top = tl.min(tl.where(row_any, rows, big), axis=0)

@@ -1,9 +1,9 @@
 """Mask post-processing in Triton: stability counts, mask -> box partials, and the fused
 upsample(256 -> 1024) + crop + upsample(-> original) + threshold + stability + box + area kernel.
 
-Every kernel works on one (mask, block of rows) per program and loops over the row in column blocks, so
-a program sees whole rows: SAM's int16 row sums are reproduced exactly (a row count wraps like int16
-before the int32 total). Inside the loop nothing crosses threads except the packing of 32 pixels into a
+Every kernel works on one (mask, block of rows) per program (a 1-D grid: any number of masks and rows)
+and loops over the row in column blocks, so a program sees whole rows: SAM's int16 row sums are
+reproduced exactly (a row count wraps like int16 before the int32 total). Inside the loop nothing crosses threads except the packing of 32 pixels into a
 word (a reduction within one warp): counts, box extents and row occupancy accumulate per lane (per word:
 popcounts, lowest and highest set bit) and are reduced once, after the loop. Programs write small
 per-row-block partials (counts, first/last row and column); ``ops/mask_postprocess.py`` reduces them with
@@ -41,8 +41,7 @@ POSTPROCESS_CONFIGS = LaunchConfigs("mask_postprocess.fused", _CONFIGS)
 @triton.jit
 def _stability_counts_kernel(logits_ptr, thresholds_ptr, partial_ptr, height, width, row_blocks,
                              BLOCK_H: tl.constexpr, BLOCK_WORDS: tl.constexpr):
-    mask_id = tl.program_id(0)
-    row_block = tl.program_id(1)
+    mask_id, row_block = common.mask_and_row_block(row_blocks)
     rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < height
     high = tl.load(thresholds_ptr)
@@ -65,8 +64,7 @@ def _stability_counts_kernel(logits_ptr, thresholds_ptr, partial_ptr, height, wi
 def _mask_box_kernel(masks_ptr, box_ptr, height, width, words, row_blocks,
                      PACKED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_WORDS: tl.constexpr):
     """Per (mask, row block): first/last non-empty row and column (col min > col max when empty)."""
-    mask_id = tl.program_id(0)
-    row_block = tl.program_id(1)
+    mask_id, row_block = common.mask_and_row_block(row_blocks)
     rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < height
     big = height + width + 1
@@ -111,8 +109,7 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
     A step is a [32, BLOCK_WORDS, BLOCK_H] tile: (bit, word, row), the bit axis first. The layout Triton
     gives the gathered logits puts lanes on the first axis, so the 32 pixels of a word sit in one warp and
     packing them is a warp reduction, with no shared memory (checked in the sm_90a TTGIR/SASS)."""
-    mask_id = tl.program_id(0)
-    row_block = tl.program_id(1)
+    mask_id, row_block = common.mask_and_row_block(row_blocks)
     out_dtype = logits_ptr.dtype.element_ty
     rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < height
@@ -195,7 +192,7 @@ def stability_counts(logits: torch.Tensor, high: float, low: float) -> torch.Ten
     def run(config):
         row_blocks = triton.cdiv(height, config.meta["BLOCK_H"])
         partial = torch.empty((m, row_blocks, 2), dtype=torch.int32, device=logits.device)
-        _stability_counts_kernel[(m, row_blocks)](logits, thresholds, partial, height, width, row_blocks,
+        _stability_counts_kernel[(m * row_blocks,)](logits, thresholds, partial, height, width, row_blocks,
                                                   **config.kwargs())
         return partial
 
@@ -210,7 +207,7 @@ def box_partials(masks: torch.Tensor, width: int, packed: bool) -> torch.Tensor:
     def run(config):
         row_blocks = triton.cdiv(height, config.meta["BLOCK_H"])
         partial = torch.empty((m, row_blocks, 4), dtype=torch.int32, device=masks.device)
-        _mask_box_kernel[(m, row_blocks)](source, partial, height, width, last if packed else 0, row_blocks,
+        _mask_box_kernel[(m * row_blocks,)](source, partial, height, width, last if packed else 0, row_blocks,
                                           PACKED=packed, **config.kwargs())
         return partial
 
@@ -238,7 +235,7 @@ def fused_postprocess(logits, y1, x1, y2, x2, thresholds, height: int, width: in
         partial = torch.empty((n, row_blocks, 3), dtype=torch.int32, device=device)
         boxes = torch.empty((n, row_blocks, 4), dtype=torch.int32, device=device)
         if n > 0 and row_blocks > 0:
-            _postprocess_kernel[(n, row_blocks)](
+            _postprocess_kernel[(n * row_blocks,)](
                 logits, y1, x1, y2, x2, thresholds, target, partial, boxes,
                 low_h, low_w, y1.shape[1], x1.shape[1], height, width, words, row_blocks,
                 PACKED=packed, SAME_HEIGHT=y1.shape[1] == height, SAME_WIDTH=x1.shape[1] == width,
