@@ -40,19 +40,21 @@ def store_box_partial(box_ptr, mask_id, row_block, row_blocks, rows, row_any, co
 
 
 @triton.jit
-def stage1(logits_base, low_w, crop_rows, y1_ptr, crop_h, x1_ptr, crop_w, crop_cols, out_dtype: tl.constexpr,
-           EMULATE_FMA: tl.constexpr):
-    """Value of the 1024-grid (after the first bilinear resize) at crop_rows x crop_cols (broadcasting),
-    rounded to the logits dtype as torch stores it between the resizes, back in float32. Tables are
-    struct-of-arrays (4, crop size): i0, i1, w0, w1."""
-    r0 = tl.load(y1_ptr + crop_rows).to(tl.int32)
-    r1 = tl.load(y1_ptr + crop_h + crop_rows).to(tl.int32)
-    rw0 = tl.load(y1_ptr + 2 * crop_h + crop_rows)
-    rw1 = tl.load(y1_ptr + 3 * crop_h + crop_rows)
-    c0 = tl.load(x1_ptr + crop_cols).to(tl.int32)
-    c1 = tl.load(x1_ptr + crop_w + crop_cols).to(tl.int32)
-    cw0 = tl.load(x1_ptr + 2 * crop_w + crop_cols)
-    cw1 = tl.load(x1_ptr + 3 * crop_w + crop_cols)
+def stage1_taps(table_ptr, size, index):
+    """Tap pair of the first resize along one axis at crop indices ``index``: (i0, i1, w0, w1) from a
+    struct-of-arrays (4, size) table. Rows are loop-invariant in the fused kernel: loaded once per program."""
+    i0 = tl.load(table_ptr + index).to(tl.int32)
+    i1 = tl.load(table_ptr + size + index).to(tl.int32)
+    return i0, i1, tl.load(table_ptr + 2 * size + index), tl.load(table_ptr + 3 * size + index)
+
+
+@triton.jit
+def stage1(logits_base, low_w, row_taps, col_taps, out_dtype: tl.constexpr, EMULATE_FMA: tl.constexpr):
+    """Value of the 1024-grid (after the first bilinear resize) at the crop rows x crop columns whose taps
+    are given (``stage1_taps``, broadcasting), rounded to the logits dtype as torch stores it between the
+    resizes, back in float32."""
+    r0, r1, rw0, rw1 = row_taps
+    c0, c1, cw0, cw1 = col_taps
     a = tl.load(logits_base + r0 * low_w + c0).to(tl.float32)
     b = tl.load(logits_base + r0 * low_w + c1).to(tl.float32)
     c = tl.load(logits_base + r1 * low_w + c0).to(tl.float32)

@@ -29,7 +29,7 @@ BITS = 32
 # in registers without spills on sm_90a (eight spill); the default is also the interpreter's.
 _CONFIGS = [
     LaunchConfig({"BLOCK_H": 8, "BLOCK_WORDS": 4}, num_warps=8),
-    LaunchConfig({"BLOCK_H": 4, "BLOCK_WORDS": 8}, num_warps=8),
+    LaunchConfig({"BLOCK_H": 2, "BLOCK_WORDS": 16}, num_warps=8),
     LaunchConfig({"BLOCK_H": 2, "BLOCK_WORDS": 8}, num_warps=4),
     LaunchConfig({"BLOCK_H": 4, "BLOCK_WORDS": 16}, num_warps=16),
 ]
@@ -118,6 +118,12 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
     sr1 = tl.load(y2_ptr + height + rows, mask=row_ok, other=0).to(tl.int32)[None, None, :]
     sw0 = tl.load(y2_ptr + 2 * height + rows, mask=row_ok, other=0.0)[None, None, :]
     sw1 = tl.load(y2_ptr + 3 * height + rows, mask=row_ok, other=0.0)[None, None, :]
+    # First resize, rows: the taps of both crop rows, loaded once (loop-invariant).
+    row_taps0 = common.stage1_taps(y1_ptr, crop_h, sr0)
+    if SAME_HEIGHT:
+        row_taps1 = row_taps0
+    else:
+        row_taps1 = common.stage1_taps(y1_ptr, crop_h, sr1)
     mask_threshold = tl.load(thresholds_ptr)
     high = tl.load(thresholds_ptr + 1)
     low = tl.load(thresholds_ptr + 2)
@@ -142,21 +148,23 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
         # The four 1024-grid values, rounded to the logits dtype as torch stores them between the resizes.
         # An axis the second resize keeps (crop size == output size) is a copy in torch: its weights are
         # (1, 0) with both taps on the same sample, so one stage-1 value serves both taps.
-        v00 = common.stage1(logits_base, low_w, sr0, y1_ptr, crop_h, x1_ptr, crop_w, sc0, out_dtype, EMULATE_FMA)
+        col_taps0 = common.stage1_taps(x1_ptr, crop_w, sc0)
+        v00 = common.stage1(logits_base, low_w, row_taps0, col_taps0, out_dtype, EMULATE_FMA)
         if SAME_WIDTH:
+            col_taps1 = col_taps0
             v01 = v00
         else:
-            v01 = common.stage1(logits_base, low_w, sr0, y1_ptr, crop_h, x1_ptr, crop_w, sc1, out_dtype, EMULATE_FMA)
+            col_taps1 = common.stage1_taps(x1_ptr, crop_w, sc1)
+            v01 = common.stage1(logits_base, low_w, row_taps0, col_taps1, out_dtype, EMULATE_FMA)
         if SAME_HEIGHT:
             v10 = v00
             v11 = v01
         else:
-            v10 = common.stage1(logits_base, low_w, sr1, y1_ptr, crop_h, x1_ptr, crop_w, sc0, out_dtype, EMULATE_FMA)
+            v10 = common.stage1(logits_base, low_w, row_taps1, col_taps0, out_dtype, EMULATE_FMA)
             if SAME_WIDTH:
                 v11 = v10
             else:
-                v11 = common.stage1(logits_base, low_w, sr1, y1_ptr, crop_h, x1_ptr, crop_w, sc1, out_dtype,
-                              EMULATE_FMA)
+                v11 = common.stage1(logits_base, low_w, row_taps1, col_taps1, out_dtype, EMULATE_FMA)
         if SAME_HEIGHT and SAME_WIDTH:
             value = v00
         else:
