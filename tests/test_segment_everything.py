@@ -159,8 +159,11 @@ class TestAgainstSAM:
                                                 mask_to_rle_pytorch)
         from torchvision.ops import batched_nms as tv_batched_nms
 
+        from litesam_kernels import ops
+        from litesam_kernels.engine import prompts as prompt_sources
+
         captured = {"logits": [], "num_valid": []}
-        real_postprocess, real_ppn = pipeline.postprocess_masks, pipeline.ppn_decode
+        real_postprocess, real_ppn = ops.postprocess_masks, prompt_sources.ppn_decode
 
         def spy_postprocess(low_res, input_size, original_size, *args, **kwargs):
             captured["logits"].append((low_res.clone(), tuple(input_size), tuple(original_size)))
@@ -171,16 +174,16 @@ class TestAgainstSAM:
             captured["num_valid"].append(prompts.num_valid.clone())
             return prompts
 
-        monkeypatch.setattr(pipeline, "postprocess_masks", spy_postprocess)
-        monkeypatch.setattr(pipeline, "ppn_decode", spy_ppn)
+        monkeypatch.setattr(ops, "postprocess_masks", spy_postprocess)
+        monkeypatch.setattr(prompt_sources, "ppn_decode", spy_ppn)
         image = synthetic_photo(120, 90, 8)
         # Random tiny weights: small logits and IoUs, boxes near the whole image; thresholds that drop a few masks.
         options = dict(points_per_image=24, prompts_per_batch=10, pred_iou_thresh=-0.08, stability_score_thresh=0.015,
                        stability_score_offset=0.02, box_nms_thresh=0.99)
         generator = SegmentEverything(tiny_model, **options)
         ious = []
-        real_decode = generator._decode
-        generator._decode = lambda *a: (lambda out: ious.append(out[1][0].flatten()) or out)(real_decode(*a))
+        real_decode = generator.adapter.decode
+        generator.adapter.decode = lambda *a: (lambda out: ious.append(out[0][1].flatten()) or out)(real_decode(*a))
         records = generator.generate(image)[0]
         rle_records = SegmentEverything(tiny_model, output_mode="uncompressed_rle", **options).generate(image)[0]
         coco_records = SegmentEverything(tiny_model, output_mode="coco_rle", **options).generate(image)[0]
@@ -223,16 +226,17 @@ class TestAgainstSAM:
     def test_eager_reference_is_reference_backend_and_per_prompt_decoder(self, tiny_model):
         eager = SegmentEverything.eager_reference(tiny_model, points_per_image=8)
         assert eager.backend == "reference" and not eager.batched_decoder and eager.points_per_image == 8
+        assert not eager.adapter.decodes_crops_together
         from litesam_kernels import _backend
 
         seen = []
-        real_decode = eager._decode
+        real_decode = eager.adapter.decode
 
         def decode(*args):
             seen.append(_backend.forced_backend())
             return real_decode(*args)
 
-        eager._decode = decode
+        eager.adapter.decode = decode
         eager.generate(synthetic_photo(48, 48, 12))
         assert seen and set(seen) == {"reference"}
         assert _backend.forced_backend() is None
