@@ -32,8 +32,7 @@ from typing import List, Optional
 import numpy as np
 
 from litesam_kernels.engine import SamAdapter, sam_batched_nms
-from litesam_kernels.engine.frontend import PointGridGenerator, fused_postprocess_default, layer_point_grids
-from litesam_kernels.engine.pipeline import EngineOptions
+from litesam_kernels.engine.frontend import PointGridGenerator
 from litesam_kernels.engine.records import OUTPUT_MODES
 from litesam_kernels.engine.stages import postprocess_small_regions
 
@@ -77,40 +76,9 @@ class FastSamAutomaticMaskGenerator(PointGridGenerator):
         images_per_encoder_call: int = 1,
         fused_postprocess: Optional[bool] = None,
     ) -> None:
-        self._check_common(output_mode, points_per_batch=points_per_batch,
-                           batches_per_decoder_call=batches_per_decoder_call, masks_per_chunk=masks_per_chunk,
-                           images_per_encoder_call=images_per_encoder_call)
-        self.point_grids = layer_point_grids(points_per_side, point_grids, crop_n_layers,
-                                             crop_n_points_downscale_factor)
-        self.adapter = SamAdapter(model)
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
-        self.crop_n_layers = crop_n_layers
-        self.crop_nms_thresh = crop_nms_thresh
-        self.crop_overlap_ratio = crop_overlap_ratio
-        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
-        self.min_mask_region_area = min_mask_region_area
-        self.output_mode = output_mode
-        self.batches_per_decoder_call = int(batches_per_decoder_call)
-        self.masks_per_chunk = int(masks_per_chunk)
-        self.images_per_encoder_call = int(images_per_encoder_call)
-        self.fused_postprocess = bool(fused_postprocess_default(self.adapter.device) if fused_postprocess is None
-                                      else fused_postprocess)
-
-    def _options(self) -> EngineOptions:
-        return EngineOptions(
-            pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_score_thresh,
-            stability_score_offset=self.stability_score_offset, box_nms_thresh=self.box_nms_thresh,
-            crop_n_layers=self.crop_n_layers, crop_nms_thresh=self.crop_nms_thresh,
-            crop_overlap_ratio=self.crop_overlap_ratio, min_mask_region_area=self.min_mask_region_area,
-            small_regions="sam1", output_mode=self.output_mode,
-            prompts_per_decoder_call=self.points_per_batch * self.batches_per_decoder_call,
-            points_per_batch=self.points_per_batch, crops_per_encoder_call=self.images_per_encoder_call,
-            masks_per_chunk=self.masks_per_chunk, fused_postprocess=self.fused_postprocess, field_types="sam1",
-        )
+        arguments = dict(locals())
+        del arguments["self"], arguments["model"]
+        self._setup(SamAdapter(model), **arguments)
 
     # segment_anything's static method, for code that calls it (generate() does this on the device).
     postprocess_small_regions = staticmethod(postprocess_small_regions)

@@ -55,18 +55,51 @@ def fused_postprocess_default(device: torch.device) -> bool:
 
 
 class PointGridGenerator:
-    """``generate`` / ``generate_batch`` of the point-grid drop-ins; subclasses say what :meth:`_options`
-    their upstream has. Attributes are read at each call (as upstream does), so they may be changed."""
+    """The point-grid drop-ins (SAM 1, SAM 2): their arguments as attributes (read at each call, as upstream
+    does, so they may be changed), ``generate`` / ``generate_batch`` over the engine. Subclasses set the
+    adapter and their upstream's semantics (``small_regions``, ``field_types``)."""
 
-    adapter = None
-    point_grids: List[np.ndarray] = []
+    small_regions = "sam1"
+    field_types = "sam1"
+    # SAM 1 has neither argument: its threshold is the model's, its masks three per point, no m2m pass.
+    mask_threshold = None
+    use_m2m = False
+    multimask_output = True
 
-    def _check_common(self, output_mode: str, **counts) -> None:
+    def _setup(self, adapter, *, points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor,
+               output_mode, points_per_batch, batches_per_decoder_call, masks_per_chunk, images_per_encoder_call,
+               fused_postprocess, **attributes) -> None:
         check_output_mode(output_mode)
-        check_positive_ints(**counts)
+        check_positive_ints(points_per_batch=points_per_batch, batches_per_decoder_call=batches_per_decoder_call,
+                            masks_per_chunk=masks_per_chunk, images_per_encoder_call=images_per_encoder_call)
+        self.point_grids = layer_point_grids(points_per_side, point_grids, crop_n_layers,
+                                             crop_n_points_downscale_factor)
+        self.adapter = adapter
+        self.crop_n_layers = crop_n_layers
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.output_mode = output_mode
+        self.points_per_batch = int(points_per_batch)
+        self.batches_per_decoder_call = int(batches_per_decoder_call)
+        self.masks_per_chunk = int(masks_per_chunk)
+        self.images_per_encoder_call = int(images_per_encoder_call)
+        self.fused_postprocess = bool(fused_postprocess_default(adapter.device) if fused_postprocess is None
+                                      else fused_postprocess)
+        for name, value in attributes.items():
+            setattr(self, name, value)
 
     def _options(self) -> EngineOptions:
-        raise NotImplementedError
+        return EngineOptions(
+            pred_iou_thresh=self.pred_iou_thresh, stability_score_thresh=self.stability_score_thresh,
+            stability_score_offset=self.stability_score_offset, mask_threshold=self.mask_threshold,
+            box_nms_thresh=self.box_nms_thresh, crop_n_layers=self.crop_n_layers,
+            crop_nms_thresh=self.crop_nms_thresh, crop_overlap_ratio=self.crop_overlap_ratio,
+            min_mask_region_area=self.min_mask_region_area, small_regions=self.small_regions,
+            multimask_output=bool(self.multimask_output), use_m2m=bool(self.use_m2m), output_mode=self.output_mode,
+            prompts_per_decoder_call=self.points_per_batch * self.batches_per_decoder_call,
+            points_per_batch=self.points_per_batch, crops_per_encoder_call=self.images_per_encoder_call,
+            masks_per_chunk=self.masks_per_chunk, fused_postprocess=self.fused_postprocess,
+            field_types=self.field_types,
+        )
 
     @property
     def model(self):
