@@ -26,7 +26,11 @@ Box = Tuple[int, int, int, int]  # XYXY, exclusive end
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
-    """(n², 2) float64 points (x, y) evenly spaced in [0, 1]², x fastest (SAM's ``build_point_grid``)."""
+    """(n², 2) float64 points (x, y) evenly spaced in [0, 1]², x fastest (SAM's ``build_point_grid``).
+    ValueError for n < 1 (SAM divides by zero)."""
+    if n_per_side < 1:
+        raise ValueError(f"a point grid needs at least 1 point per side, got {n_per_side} (points_per_side "
+                         f"divided by crop_n_points_downscale_factor ** layer must stay >= 1)")
     offset = 1 / (2 * n_per_side)
     side = np.linspace(offset, 1 - offset, n_per_side)
     xs = np.tile(side[None, :], (n_per_side, 1))
