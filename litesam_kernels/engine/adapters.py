@@ -234,7 +234,9 @@ class Sam2Adapter(_Adapter):
         sizes = [(self.image_size // s, self.image_size // s) for s in (4, 8, 16)][-len(vision_feats):]
         feats = [feat.permute(1, 2, 0).view(batch.shape[0], -1, *size)
                  for feat, size in zip(vision_feats[::-1], sizes[::-1])][::-1]
-        image_embed, high_res = feats[-1], feats[:-1]
+        # sam2's FPN neck upsamples in float32 whatever the model's dtype: the decoder gets its own dtype.
+        decoder_dtype = module_dtype(model.sam_mask_decoder)
+        image_embed, high_res = feats[-1].to(decoder_dtype), [level.to(decoder_dtype) for level in feats[:-1]]
         encoded = []
         for i, crop in enumerate(crop_images):
             features = (image_embed[i:i + 1], [level[i:i + 1] for level in high_res])
