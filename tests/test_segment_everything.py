@@ -497,3 +497,41 @@ class TestSegmentEverythingGPU:
                 differ = (segmentation_to_mask(ra["segmentation"]) != segmentation_to_mask(rb["segmentation"])).sum()
                 assert differ <= 1e-4 * image.shape[0] * image.shape[1]  # threshold ties only (see mask_postprocess)
                 check_record(dict(ra, segmentation=segmentation_to_mask(ra["segmentation"])), *image.shape[:2])
+
+
+class TestCompiledStages:
+    """SegmentEverything(compile=...): the fixed-size stages under torch.compile(fullgraph=True)."""
+
+    IMAGES = [(90, 120, 3), (64, 80, 4), (70, 50, 5)]
+    # 24 prompts in chunks of 16: the last chunk is padded to the decoder's fixed prompt count.
+    OPTIONS = dict(LOOSE, box_nms_thresh=1.0, output_mode="uncompressed_rle", prompts_per_batch=16, prompt="point")
+
+    def test_captured_whole_records_identical_no_recompiles(self, tiny_model):
+        images = [synthetic_photo(*args) for args in self.IMAGES]
+        expected = segment_everything(tiny_model, images, **self.OPTIONS)
+        compiled = SegmentEverything(tiny_model, compile={"backend": "aot_eager"}, **self.OPTIONS)
+        assert compiled.generate(images) == expected  # aot_eager runs the captured graphs: bit for bit
+        with torch._dynamo.config.patch(error_on_recompile=True):  # other sizes, same graphs
+            assert compiled.generate(images[::-1]) == expected[::-1]
+
+    def test_inductor_decoder(self, tiny_model):
+        """The decoder stage under Inductor (what compile=True uses; the other stages' capture is the test
+        above, Inductor's code generation for them costs minutes on this CPU): masks and IoUs equal eager's
+        within float rounding (measured 2e-7), the padded last chunk included. Inductor's attention-pattern
+        rewrite would break the batched decoder (pytorch/pytorch#195589; IoUs off by 0.2): engine.compiled
+        turns it off for that graph."""
+        from litesam_kernels.engine.adapters import LiteSamAdapter
+        from litesam_kernels.engine.compiled import CompiledLiteSamAdapter
+        from litesam_kernels.engine.prompts import AutoPPNPrompts
+
+        images = [torch.from_numpy(synthetic_photo(*args)) for args in self.IMAGES[:2]]
+        eager, compiled = LiteSamAdapter(tiny_model), CompiledLiteSamAdapter(tiny_model, prompts_per_call=16)
+        with torch.inference_mode():
+            encoded = eager.encode(images)
+            prompts = AutoPPNPrompts(16, 0.0, "point").for_crops(eager, [0, 0], encoded)
+            for count in (16, 5):  # a full chunk and a padded one
+                parts = [p.slice(0, count) for p in prompts]
+                for (m1, q1), (m2, q2) in zip(eager.decode(encoded, parts), compiled.decode(encoded, parts)):
+                    assert m1.shape == m2.shape == (count, 3, 32, 32)
+                    torch.testing.assert_close(m2, m1, atol=2e-5, rtol=1e-5)
+                    torch.testing.assert_close(q2, q1, atol=2e-6, rtol=1e-5)

@@ -214,6 +214,7 @@ class Engine:
             logits, input_size, encoded.crop_size, image_size_in, self.mask_threshold, opts.stability_score_offset,
             opts.fused_postprocess, upscale=lambda x: adapter.upscale(x, encoded),
             chunk=opts.points_per_batch or opts.prompts_per_decoder_call,
+            fused_op=getattr(adapter, "fused_postprocess_op", None),
         )
         iou = iou.flatten()
         valid = stages.score_filter(iou, post.stability_scores, opts.pred_iou_thresh, opts.stability_score_thresh)

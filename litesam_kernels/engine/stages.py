@@ -70,13 +70,17 @@ def any_per_batch(valid: torch.Tensor, batch: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- post-processing
 def postprocess(logits: torch.Tensor, input_size, crop_size, image_size: int, mask_threshold: float,
                 stability_offset: float, fused: bool, upscale: Optional[Callable] = None,
-                chunk: int = 64) -> ops.PostprocessedMasks:
+                chunk: int = 64, fused_op: Optional[Callable] = None) -> ops.PostprocessedMasks:
     """(N, M, h, w) low-res logits -> N*M packed masks at ``crop_size`` with stability, boxes and areas.
 
     fused: one pass of :func:`ops.postprocess_masks` (two resizes, or one when ``image_size`` is the
-    low-res size). Otherwise ``upscale`` (the model's own resize) on ``chunk`` prompts at a time, then the
-    same stability / threshold / box / packing."""
+    low-res size), or of ``fused_op(logits, input_size, crop_size, mask_threshold, offset, image_size)`` (a
+    compiled wrapper of it). Otherwise ``upscale`` (the model's own resize) on ``chunk`` prompts at a time,
+    then the same stability / threshold / box / packing."""
     if fused:
+        if fused_op is not None:
+            return ops.PostprocessedMasks(*fused_op(logits.flatten(0, 1), list(input_size), list(crop_size),
+                                                    mask_threshold, stability_offset, image_size))
         return ops.postprocess_masks(logits.flatten(0, 1), input_size, crop_size, mask_threshold=mask_threshold,
                                      stability_offset=stability_offset, packed=True, image_size=image_size)
     packed, stability, boxes, areas = [], [], [], []
