@@ -26,11 +26,12 @@ import torch
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 
-def tiny_sam2(seed: int = 0, image_size: int = 1024):
+def tiny_sam2(seed: int = 0, image_size: int = 1024, config: str = CONFIG, device: str = "cpu"):
+    """A random-weight SAM 2 (hiera-tiny unless ``config`` names another) whose masks follow the prompt."""
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(seed)
-    model = build_sam2(CONFIG, ckpt_path=None, device="cpu",
+    model = build_sam2(config, ckpt_path=None, device=device,
                        hydra_overrides_extra=[f"++model.image_size={image_size}"])
     decoder = model.sam_mask_decoder
     with torch.no_grad():
