@@ -80,6 +80,16 @@ class FastSamAutomaticMaskGenerator(PointGridGenerator):
         del arguments["self"], arguments["model"]
         self._setup(SamAdapter(model), **arguments)
 
+    @property
+    def predictor(self):
+        """segment_anything's ``SamPredictor`` on the model, as upstream's generator has one (built on first
+        access: the only place this module imports segment_anything; generate() never uses it)."""
+        if getattr(self, "_predictor", None) is None:
+            from segment_anything.predictor import SamPredictor
+
+            self._predictor = SamPredictor(self.model)
+        return self._predictor
+
     # segment_anything's static method, for code that calls it (generate() does this on the device).
     postprocess_small_regions = staticmethod(postprocess_small_regions)
 

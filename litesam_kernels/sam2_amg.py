@@ -88,6 +88,17 @@ class FastSAM2AutomaticMaskGenerator(PointGridGenerator):
 
         return cls(build_sam2_hf(model_id, **kwargs), **kwargs)
 
+    @property
+    def predictor(self):
+        """sam2's ``SAM2ImagePredictor`` on the model, configured as upstream's generator configures its own
+        (built on first access: the only place besides ``from_pretrained`` this module imports sam2)."""
+        if getattr(self, "_predictor", None) is None:
+            from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+            self._predictor = SAM2ImagePredictor(self.model, max_hole_area=self.min_mask_region_area,
+                                                 max_sprinkle_area=self.min_mask_region_area)
+        return self._predictor
+
     # sam2 keeps SAM 1's static method (unused by its generate()); so do we.
     postprocess_small_regions = staticmethod(postprocess_small_regions)
 

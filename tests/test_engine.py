@@ -52,9 +52,12 @@ class TestNoUpstreamImports:
             return real_import(name, globals, locals, fromlist, level)
 
         monkeypatch.setattr(builtins, "__import__", spy)
-        FastSamAutomaticMaskGenerator(tiny_sam(), points_per_side=3, min_mask_region_area=5, crop_n_layers=1,
-                                      output_mode="coco_rle").generate(scene())
+        generator = FastSamAutomaticMaskGenerator(tiny_sam(), points_per_side=3, min_mask_region_area=5,
+                                                  crop_n_layers=1, output_mode="coco_rle")
+        generator.generate(scene())
         assert seen == []
+        generator.predictor  # upstream's attribute: built on access, from segment_anything
+        assert seen == [("litesam_kernels.amg", "segment_anything.predictor")]
 
 
 class TestGeometryIsSams:

@@ -162,6 +162,9 @@ class TestConstructor:
     def test_kwargs_ignored_and_bad_arguments(self, model):
         generator = FastSAM2AutomaticMaskGenerator(model, device="cpu", mode="eval")  # as from_pretrained passes
         assert generator.pred_iou_thresh == 0.8 and generator.mask_threshold == 0.0 and not generator.use_m2m
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        assert isinstance(generator.predictor, SAM2ImagePredictor) and generator.predictor.model is model
         with pytest.raises(ValueError, match="Exactly one"):
             FastSAM2AutomaticMaskGenerator(model, points_per_side=None)
         with pytest.raises(ValueError, match="output_mode"):
@@ -172,3 +175,31 @@ class TestConstructor:
             generator.generate(np.zeros((8, 8, 3), np.float32))
         with pytest.raises(TypeError, match="numpy"):
             generator.generate(torch.zeros(8, 8, 3, dtype=torch.uint8))
+
+
+@pytest.mark.gpu
+class TestOnCuda:
+    """Owed on a GPU: identical records to sam2 on CUDA (float32; sam2's preprocessing stays on the CPU unless
+    preprocess_on_device), the half-precision bounds on CUDA."""
+
+    @pytest.mark.parametrize("fused", [True, False])
+    def test_matches_sam2(self, image, fused):
+        model = tiny_sam2(image_size=1024).cuda()
+        kwargs = dict(BASE, crop_n_layers=1, min_mask_region_area=25, output_mode="uncompressed_rle")
+        expected = sam2_records(model, image, **kwargs)
+        got = FastSAM2AutomaticMaskGenerator(model, **kwargs, fused_postprocess=fused).generate(image)
+        assert_same_records(expected, got, score_tol=1e-5)
+        assert len(got) >= 3
+
+    def test_preprocess_on_device_and_half(self, image):
+        from tests._half import assert_within, compare_records
+
+        model = tiny_sam2(image_size=1024).cuda()
+        kwargs = dict(BASE, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+                      output_mode="uncompressed_rle")
+        expected = FastSAM2AutomaticMaskGenerator(model, **kwargs).generate(image)
+        on_device = FastSAM2AutomaticMaskGenerator(model, **kwargs, preprocess_on_device=True).generate(image)
+        assert_within(compare_records(expected, on_device), HALF_BOUNDS[torch.float16])
+        for dtype, bounds in HALF_BOUNDS.items():
+            got = FastSAM2AutomaticMaskGenerator(tiny_sam2(image_size=1024).cuda().to(dtype), **kwargs).generate(image)
+            assert_within(compare_records(expected, got), bounds)

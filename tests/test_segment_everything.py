@@ -133,6 +133,12 @@ class TestSegmentEverything:
             SegmentEverything(tiny_model, output_mode="polygons")
         with pytest.raises(ValueError, match="prompt"):
             SegmentEverything(tiny_model, prompt="grid")
+        with pytest.raises(ValueError, match="crop_n_layers"):
+            SegmentEverything(tiny_model, crop_n_layers=-1)
+        with pytest.raises(ValueError, match="min_mask_region_area"):
+            SegmentEverything(tiny_model, min_mask_region_area=-5)
+        with pytest.raises(TypeError, match="min_mask_region_area"):
+            SegmentEverything(tiny_model, min_mask_region_area="big")
         assert segment_everything(tiny_model, []) == []
 
 
@@ -459,6 +465,32 @@ class TestCLI:
 
 @pytest.mark.gpu
 class TestSegmentEverythingGPU:
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+    def test_half_precision_on_cuda(self, tiny_model, dtype):
+        import copy
+
+        from tests._half import assert_within, compare_records
+
+        images = [synthetic_photo(90, 120, 3), synthetic_photo(64, 80, 4)]
+        model = copy.deepcopy(tiny_model).cuda()
+        expected = segment_everything(model, images, **HALF_OPTIONS)
+        got = segment_everything(copy.deepcopy(model).to(dtype), images, **HALF_OPTIONS)
+        for e, g in zip(expected, got):
+            assert_within(compare_records(e, g), HALF_BOUNDS[dtype])
+
+    def test_compiled_reduce_overhead(self, tiny_model):
+        import copy
+
+        model = copy.deepcopy(tiny_model).cuda()
+        images = [synthetic_photo(90, 120, 3), synthetic_photo(64, 80, 4)]
+        options = TestCompiledStages.OPTIONS
+        expected = segment_everything(model, images, **options)
+        compiled = SegmentEverything(model, compile={"mode": "reduce-overhead"}, **options)
+        for _ in range(2):  # the second call replays the CUDA graphs
+            got = compiled.generate(images)
+            for e_records, g_records in zip(expected, got):
+                assert [r["segmentation"] for r in g_records] == [r["segmentation"] for r in e_records]
+
     def test_cuda_matches_cpu(self, tiny_model):
         images = [synthetic_photo(150, 200, 0), synthetic_photo(90, 70, 1)]
         cpu = segment_everything(tiny_model, images, box_nms_thresh=1.0, **LOOSE)
