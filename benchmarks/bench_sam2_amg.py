@@ -30,7 +30,8 @@ def _cases(device: torch.device, quick: bool):
     from tests._sam2_oracle import photo
 
     if device.type == "cuda":
-        models = [("hiera-T", "configs/sam2.1/sam2.1_hiera_t.yaml", 1024), ("hiera-L", "configs/sam2.1/sam2.1_hiera_l.yaml", 1024)]
+        models = [("hiera-T", "configs/sam2.1/sam2.1_hiera_t.yaml", 1024),
+                  ("hiera-L", "configs/sam2.1/sam2.1_hiera_l.yaml", 1024)]
         image = photo((768, 1024))
         kwargs = dict(points_per_side=32, output_mode="uncompressed_rle")
         configs = [("permissive", PERMISSIVE), ("permissive+min_area", dict(PERMISSIVE, min_mask_region_area=100))]
@@ -56,7 +57,8 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     rows: List[Row] = []
     for model_name, config_file, image_size in models:
         model = tiny_sam2(config=config_file, image_size=image_size, device=str(device))
-        note = f"SAM 2 {model_name} random weights, {image.shape[1]}x{image.shape[0]} photo, {kwargs['points_per_side']}^2 points"
+        note = (f"SAM 2 {model_name} random weights, {image.shape[1]}x{image.shape[0]} photo, "
+                f"{kwargs['points_per_side']}^2 points")
         for name, config in configs:
             theirs = sam2_generator(model, **kwargs, **config)
             ours = FastSAM2AutomaticMaskGenerator(model, **kwargs, **config)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from litesam_kernels.model import build_litesam
-from litesam_kernels import segment_everything as pipeline
 from litesam_kernels.segment_everything import SegmentEverything, segment_everything, segmentation_to_mask
 
 LOOSE = dict(pred_iou_thresh=-1e9, stability_score_thresh=0.0, points_per_image=24, prompts_per_batch=10)

@@ -16,7 +16,8 @@ from litesam_kernels.engine.records import check_output_mode
 def check_image(image, name: str = "image") -> np.ndarray:
     """An (H, W, 3) uint8 numpy image, as upstream's generators take; TypeError / ValueError otherwise."""
     if isinstance(image, torch.Tensor):
-        raise TypeError(f"{name} must be a numpy array (HxWx3 uint8, as for the upstream generator), got a torch.Tensor")
+        raise TypeError(f"{name} must be a numpy array (HxWx3 uint8, as for the upstream generator), "
+                        f"got a torch.Tensor")
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} must be a numpy array of shape (H, W, 3) and dtype uint8, got {type(image).__name__}")
     if image.dtype != np.uint8:

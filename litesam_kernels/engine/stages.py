@@ -152,5 +152,6 @@ def postprocess_small_regions(mask_data, min_area: float, nms_thresh: float):
     return mask_data
 
 
-__all__ = ["any_per_batch", "crop_nms_scores", "pack_stack", "postprocess", "postprocess_small_regions", "sam_batched_nms", "score_filter",
+__all__ = ["any_per_batch", "crop_nms_scores", "pack_stack", "postprocess", "postprocess_small_regions", "sam_batched_nms",
+           "score_filter",
            "small_region_nms", "small_region_pass", "uncrop_packed"]
