@@ -494,8 +494,6 @@ class TestLiteSAM:
         assert status == 0 and "2/2" not in err and "loading" not in err and "2 images: 2 segmented" in err
 
 class TestHalfPrecision:
-    @pytest.mark.xfail(strict=True, reason="SegEvery and the SAM drop-in in bf16 are the engine helper's work "
-                                           "(issue 9): they pass once it merges; the lead removes this mark")
     @pytest.mark.parametrize("model", ["litesam", "sam"])
     def test_bf16(self, space, tmp_path, capsys, model):
         checkpoint = {"litesam": ["--checkpoint", space.litesam_checkpoint, *option_flags(LITESAM_OPTIONS)],
@@ -617,7 +615,6 @@ class TestSAM2:
             check_rle_geometry(annotation)
 
     def test_cli_equals_sam2s_generator_through_the_drop_in(self, sam2_files, space, tmp_path, capsys):
-        pytest.importorskip("litesam_kernels.sam2_amg")  # the engine helper's module; the lead removes this at merge
         checkpoint, yaml = sam2_files
         out = tmp_path / "out"
         names = ["rocket_exif.jpg", "camera.png"]

@@ -270,7 +270,6 @@ def test_sam2_teacher_embeddings(work, tmp_path):
 
 
 def test_sam2_teacher_masks(work, tmp_path):
-    pytest.importorskip("litesam_kernels.sam2_amg")  # the SAM 2 drop-in lands with the engine work
     train_with_sam2(work, tmp_path, "ppn", "sam2_ppn")
     manifest = json.loads((tmp_path / "cache" / "masks" / "manifest.json").read_text())
     assert manifest["teacher"]["family"] == "sam2"
