@@ -11,11 +11,12 @@ Both take and return the accumulation dtype (fp32/fp64).
 import triton
 import triton.language as tl
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-_SQRT_2_OVER_PI = 0.7978845608028654
-_TANH_CUBIC = 0.044715
-_TWO_LOG2E = 2.8853900817779268  # 2 / ln 2: exp(2z) = exp2(2 z log2 e)
+# tl.constexpr: a compiled (non-interpreted) kernel may only read constexpr globals
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+_TANH_CUBIC = tl.constexpr(0.044715)
+_TWO_LOG2E = tl.constexpr(2.8853900817779268)  # 2 / ln 2: exp(2z) = exp2(2 z log2 e)
 
 
 @triton.jit
