@@ -110,7 +110,13 @@ def matrix_row_tile(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """This program's BLOCK_M rows of a row-major (M, C) matrix, all C columns in one block.
 
     Returns (rows, cs, r_ok, c_ok, mask, offs): indices, bounds masks, the 2-D mask and int64 offsets."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return matrix_block(tl.program_id(0), M, C, BLOCK_M, BLOCK_C)
+
+
+@triton.jit
+def matrix_block(block, M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Row block ``block`` of a row-major (M, C) matrix, as :func:`matrix_row_tile` (for grid-stride loops)."""
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     cs = tl.arange(0, BLOCK_C)
     r_ok = rows < M
     c_ok = cs < C
