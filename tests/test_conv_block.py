@@ -156,7 +156,7 @@ class TestTritonKernels:
         taps = w.reshape(6, k * k).t().contiguous()
         want = torch.autograd.grad(_dwconv_reference(x.requires_grad_(), w.requires_grad_(), b.requires_grad_(),
                                                      "gelu" if act else "none", True), (x, w, b), grad)
-        dx, dtaps, db = triton_conv_block.dwconv_backward(grad, x.detach(), taps, b.detach(), k, act, False, True,
+        dx, dtaps, db = triton_conv_block.dwconv_backward(grad, x.detach(), taps, b.detach(), k, act, True,
                                                           max_partials=3)
         torch.testing.assert_close(dx, want[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(dtaps.t().reshape(6, k, k), want[1], atol=1e-4, rtol=1e-5)

@@ -108,10 +108,8 @@ def _dwconv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activa
     if x.numel() and _backend.choose(_DWCONV, x.device) == "triton":
         from litesam_kernels.triton.conv_block import dwconv_forward
 
-        from litesam_kernels.triton._activations import fast_gelu_for
-
         xc, taps, b, k = _triton_args(x, weight, bias)
-        return dwconv_forward(xc, taps, b, k, activation == "gelu", fast_gelu_for(x.dtype), residual)
+        return dwconv_forward(xc, taps, b, k, activation == "gelu", residual)
     with autocast_off(x.device):
         return _dwconv_reference(x, weight, bias, activation, residual).contiguous()
 
@@ -128,11 +126,9 @@ def _dwconv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     if x.numel() and _backend.choose(_DWCONV, x.device) == "triton":
         from litesam_kernels.triton.conv_block import dwconv_backward
 
-        from litesam_kernels.triton._activations import fast_gelu_for
-
         xc, taps, b, k = _triton_args(x, weight, bias)
         dx, dtaps, db = dwconv_backward(grad.to(x.dtype).contiguous(), xc, taps, b, k, activation == "gelu",
-                                        fast_gelu_for(x.dtype), residual)
+                                        residual)
         return [dx, dtaps.t().reshape(weight.shape).to(weight.dtype), db.to(bias.dtype)]
     with autocast_off(x.device):
         return _dwconv_backward_reference(grad, x, weight, bias, activation, residual)

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from litesam_kernels.triton import _tiles as tiles
-from litesam_kernels.triton._activations import gelu, gelu_and_grad
+from litesam_kernels.triton._activations import fast_gelu_for, gelu, gelu_and_grad
 from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
 
 MAX_BLOCK_C = 64
@@ -162,8 +162,10 @@ def _launch_row_tiles(family, kernel, shape, key, *args, **meta):
     family.launch(key, run)
 
 
-def dwconv_forward(x, w_taps, bias, k, act, fast, residual):
-    """x: (B, H, W, C) contiguous; w_taps: (k*k, C) and bias (C,) in the accumulation dtype."""
+def dwconv_forward(x, w_taps, bias, k, act, residual, fast=None):
+    """x: (B, H, W, C) contiguous; w_taps: (k*k, C) and bias (C,) in the accumulation dtype; ``fast``: the GELU
+    form (default: the tanh form for 16-bit x, ``_activations.fast_gelu_for``)."""
+    fast = fast_gelu_for(x.dtype) if fast is None else fast
     tiles.check_image_size("x", x.shape)
     out = torch.empty_like(x)
     b, h, w, c = x.shape
@@ -181,9 +183,10 @@ def wgrad_programs(shape, block_w, max_partials=WGRAD_PARTIALS):
     return min(max_partials, n_tiles), n_tiles
 
 
-def dwconv_backward(grad, x, w_taps, bias, k, act, fast, residual, max_partials=WGRAD_PARTIALS):
+def dwconv_backward(grad, x, w_taps, bias, k, act, residual, fast=None, max_partials=WGRAD_PARTIALS):
     """(dx, dw_taps (k*k, C), dbias) for the forward above; ``max_partials`` bounds the weight gradient's
     partial rows per channel block (tests lower it to exercise the grid-stride loop)."""
+    fast = fast_gelu_for(x.dtype) if fast is None else fast
     tiles.check_image_size("x", x.shape)
     b, h, w, c = x.shape
     key = (tuple(x.shape), x.dtype, k)
