@@ -21,3 +21,20 @@ def assert_close_scaled(got, want, tol, what="output", scale=None):
 def float64_copies(tensors):
     """Detached float64 copies of ``tensors`` (None stays None), requiring grad where the originals do."""
     return [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
+
+
+def run_against_float64(backend, op, reference, inputs):
+    """``op(*inputs)`` on ``backend`` and ``reference`` on float64 copies, both differentiated with the same random
+    output gradient (in the output's dtype). Returns (out, grads, want_out, want_grads, grad); checks that the
+    output keeps the first input's dtype and each gradient its input's dtype."""
+    import litesam_kernels as lk
+
+    with lk.use_backend(backend):
+        out = op(*inputs)
+        grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+        got = torch.autograd.grad(out, inputs, grad)
+    oracle = float64_copies(inputs)
+    want_out = reference(*oracle)
+    want = torch.autograd.grad(want_out, oracle, grad.double())
+    assert out.dtype == inputs[0].dtype and [g.dtype for g in got] == [t.dtype for t in inputs]
+    return out, got, want_out, want, grad

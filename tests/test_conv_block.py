@@ -7,7 +7,7 @@ import litesam_kernels as lk
 from litesam_kernels import _backend
 from litesam_kernels.model.litevit import DWConvBNAct
 from litesam_kernels.ops.conv_block import _dwconv_reference, dwconv_act, fold_batchnorm
-from tests.half_precision import assert_close_scaled, float64_copies
+from tests.half_precision import assert_close_scaled, run_against_float64
 from tests.helpers import runnable_backends
 
 OP = _backend.implementations("dwconv_act")
@@ -31,15 +31,10 @@ def _inputs(shape, k, dtype, requires_grad=False, param_dtype=None):
 
 
 def _check_gradients(backend, shape, k, dtype, activation, residual, param_dtype=None):
-    inputs = _inputs(shape, k, dtype, requires_grad=True, param_dtype=param_dtype)
-    grad = torch.randn(shape, dtype=torch.float64).to(dtype)
-    with lk.use_backend(backend):
-        out = dwconv_act(*inputs, activation, residual)
-        got = torch.autograd.grad(out, inputs, grad)
-    oracle = float64_copies(inputs)
-    want_out = _dwconv_reference(*oracle, activation, residual)
-    want = torch.autograd.grad(want_out, oracle, grad.double())
-    assert out.dtype == dtype and [g.dtype for g in got] == [t.dtype for t in inputs]
+    out, got, want_out, want, _ = run_against_float64(
+        backend, lambda *t: dwconv_act(*t, activation, residual),
+        lambda *t: _dwconv_reference(*t, activation, residual),
+        _inputs(shape, k, dtype, requires_grad=True, param_dtype=param_dtype))
     y_tol, dx_tol, param_tol = TOL[dtype]
     param_tol = max(param_tol, TOL[param_dtype][0] if param_dtype in TOL else 0)  # the parameters' own rounding
     assert_close_scaled(out, want_out, y_tol, "y")

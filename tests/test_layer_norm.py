@@ -7,7 +7,7 @@ import litesam_kernels as lk
 from litesam_kernels import _backend
 from litesam_kernels.model.litevit import LayerNorm2d
 from litesam_kernels.ops.layer_norm import _layer_norm_reference, layer_norm2d
-from tests.half_precision import assert_close_scaled, float64_copies
+from tests.half_precision import assert_close_scaled, run_against_float64
 from tests.helpers import runnable_backends
 
 OP = _backend.implementations("layer_norm2d")
@@ -30,15 +30,9 @@ def _inputs(shape, dtype, requires_grad=False, param_dtype=None):
 
 
 def _check_gradients(backend, shape, dtype, param_dtype=None):
-    inputs = _inputs(shape, dtype, requires_grad=True, param_dtype=param_dtype)
-    grad = torch.randn(shape, dtype=torch.float64).to(dtype)
-    with lk.use_backend(backend):
-        out = layer_norm2d(*inputs)
-        got = torch.autograd.grad(out, inputs, grad)
-    oracle = float64_copies(inputs)
-    want_out = _layer_norm_reference(*oracle, 1e-6)
-    want = torch.autograd.grad(want_out, oracle, grad.double())
-    assert out.dtype == dtype and [g.dtype for g in got] == [t.dtype for t in inputs]
+    out, got, want_out, want, _ = run_against_float64(
+        backend, lambda *t: layer_norm2d(*t), lambda *t: _layer_norm_reference(*t, 1e-6),
+        _inputs(shape, dtype, requires_grad=True, param_dtype=param_dtype))
     param_tol = max(PARAM_TOL, TOL[param_dtype] if param_dtype in TOL else 0)
     assert_close_scaled(out, want_out, max(TOL[dtype], param_tol), "y")
     assert_close_scaled(got[0], want[0], max(TOL[dtype], param_tol), "dx")

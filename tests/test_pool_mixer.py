@@ -7,7 +7,7 @@ import litesam_kernels as lk
 from litesam_kernels import _backend
 from litesam_kernels.model.litevit import MultiScalePool
 from litesam_kernels.ops.pool_mixer import _pool_mixer_reference, pool_mixer
-from tests.half_precision import assert_close_scaled, float64_copies
+from tests.half_precision import assert_close_scaled, run_against_float64
 from tests.helpers import runnable_backends
 
 OP = _backend.implementations("pool_mixer")
@@ -40,15 +40,9 @@ def _eager(x, scale, shift, sizes=(3, 5, 7)):
 
 def _check_gradients(backend, shape, dtype, sizes=(3, 5, 7), param_dtype=None):
     """Output and gradients of every input against the float64 reference on the same values."""
-    inputs = _inputs(shape, dtype, requires_grad=True, param_dtype=param_dtype)
-    grad = torch.randn(shape, dtype=torch.float64).to(dtype)
-    with lk.use_backend(backend):
-        out = pool_mixer(*inputs, pool_sizes=sizes)
-        got = torch.autograd.grad(out, inputs, grad)
-    oracle = float64_copies(inputs)
-    want_out = _pool_mixer_reference(*oracle, sizes)
-    want = torch.autograd.grad(want_out, oracle, grad.double())
-    assert out.dtype == dtype and [g.dtype for g in got] == [t.dtype for t in inputs]
+    out, got, want_out, want, grad = run_against_float64(
+        backend, lambda *t: pool_mixer(*t, pool_sizes=sizes), lambda *t: _pool_mixer_reference(*t, sizes),
+        _inputs(shape, dtype, requires_grad=True, param_dtype=param_dtype))
     tol = TOL[dtype]
     assert_close_scaled(out, want_out, tol, "y")
     assert_close_scaled(got[0], want[0], tol, "dx")

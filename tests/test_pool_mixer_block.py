@@ -9,7 +9,7 @@ from litesam_kernels.model.litevit import PoolMixerBlock
 from litesam_kernels.ops.conv_mlp import conv_mlp, fold_batchnorm_into_linear
 from litesam_kernels.ops.pool_mixer import pool_mixer
 from litesam_kernels.ops.pool_mixer_block import _pool_mixer_block_reference, pool_mixer_block
-from tests.half_precision import assert_close_scaled, float64_copies
+from tests.half_precision import assert_close_scaled, float64_copies, run_against_float64
 from tests.helpers import runnable_backends
 
 OP = _backend.implementations("pool_mixer_block")
@@ -35,15 +35,9 @@ def _inputs(shape, hidden, dtype, requires_grad=False, param_dtype=None):
 
 
 def _check_gradients(backend, shape, hidden, dtype, param_dtype=None, sizes=(3, 5, 7)):
-    inputs = _inputs(shape, hidden, dtype, requires_grad=True, param_dtype=param_dtype)
-    grad = torch.randn(shape, dtype=torch.float64).to(dtype)
-    with lk.use_backend(backend):
-        out = pool_mixer_block(*inputs, pool_sizes=sizes)
-        got = torch.autograd.grad(out, inputs, grad)
-    oracle = float64_copies(inputs)
-    want_out = _pool_mixer_block_reference(*oracle, sizes)
-    want = torch.autograd.grad(want_out, oracle, grad.double())
-    assert out.dtype == dtype and [g.dtype for g in got] == [t.dtype for t in inputs]
+    out, got, want_out, want, grad = run_against_float64(
+        backend, lambda *t: pool_mixer_block(*t, pool_sizes=sizes), lambda *t: _pool_mixer_block_reference(*t, sizes),
+        _inputs(shape, hidden, dtype, requires_grad=True, param_dtype=param_dtype))
     tol = max(TOL[dtype], TOL.get(param_dtype, 0))
     assert_close_scaled(out, want_out, tol, "z")
     for name, g, w in zip(NAMES, got, want):

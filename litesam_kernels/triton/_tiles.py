@@ -41,7 +41,8 @@ def grid_1d(programs, what):
 def row_tile_grid(shape, block_w, block_c):
     """1-D grid of :func:`nhwc_row_tile` programs: one per (W block, C block, image row)."""
     b, h, w, c = (int(s) for s in shape)
-    return grid_1d(triton.cdiv(w, block_w) * triton.cdiv(c, block_c) * b * h, f"an NHWC row-tile kernel on {tuple(shape)}")
+    return grid_1d(triton.cdiv(w, block_w) * triton.cdiv(c, block_c) * b * h,
+                   f"an NHWC row-tile kernel on {tuple(shape)}")
 
 
 def strip_counts(shape, block_w, block_c, rows):

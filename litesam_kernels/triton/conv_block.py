@@ -230,7 +230,8 @@ def _aot_entries(dtype, k):
                                                                        **block_c))
             + GRAD_PRE_CONFIGS.aot_entries(_dwconv_grad_pre_kernel, sig(pre), dict(K=k, FAST=fast, **block_c))
             + DX_CONFIGS.aot_entries(_dwconv_dx_kernel, sig(dx), dict(K=k, RESIDUAL=True, **block_c))
-            + WGRAD_CONFIGS.aot_entries(_dwconv_wgrad_kernel, sig(wgrad), dict(K=k, TAPS=triton.next_power_of_2(k * k))))
+            + WGRAD_CONFIGS.aot_entries(_dwconv_wgrad_kernel, sig(wgrad),
+                                        dict(K=k, TAPS=triton.next_power_of_2(k * k))))
 
 
 # For the sm_90a AOT check in CI: every launch configuration, 3x3 (LiteViT's positional encoding and neck) and 7x7.

@@ -154,4 +154,5 @@ def _aot_entries(dtype, channels, hidden):
 
 # For the sm_90a AOT check in CI: every launch configuration at LiteViT's stage 1 and 2 shapes (fp32 under TF32,
 # the default of torch.backends.cudnn.allow_tf32).
-AOT_KERNELS = [e for dt in ("fp16", "bf16", "fp32") for c, hid in ((32, 128), (64, 256)) for e in _aot_entries(dt, c, hid)]
+AOT_KERNELS = [e for dt in ("fp16", "bf16", "fp32") for c, hid in ((32, 128), (64, 256))
+               for e in _aot_entries(dt, c, hid)]
