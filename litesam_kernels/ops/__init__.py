@@ -16,6 +16,7 @@ from litesam_kernels.ops.conv_block import dwconv_act, fold_batchnorm
 from litesam_kernels.ops.conv_mlp import conv_mlp, fold_batchnorm_into_linear
 from litesam_kernels.ops.layer_norm import layer_norm2d
 from litesam_kernels.ops.pool_mixer import pool_mixer
+from litesam_kernels.ops.pool_mixer_block import pool_mixer_block
 
 __all__ = [
     "PPNPrompts",
@@ -41,6 +42,7 @@ __all__ = [
     "multi_head_attention_projected",
     "nms",
     "pool_mixer",
+    "pool_mixer_block",
     "pooled_kv_attention",
     "postprocess_masks",
     "ppn_decode",
