@@ -95,13 +95,14 @@ class TestPreparedPath:
 
     @pytest.mark.skipif(TRITON_REASON is not None, reason=str(TRITON_REASON))
     def test_triton_backend_calls_the_launchers(self, monkeypatch):
-        from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer
+        from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer, pool_mixer_block
 
         model = _encoder()
         images = _images()
         _infer(model, images, "triton")
         calls = {}
-        for module, name in ((pool_mixer, "pool_mixer_forward"), (conv_mlp, "conv_mlp_forward"),
+        for module, name in ((pool_mixer, "pool_mixer_forward"), (pool_mixer_block, "pool_mixer_block_forward"),
+                             (conv_mlp, "conv_mlp_forward"),
                              (conv_block, "dwconv_forward"), (layer_norm, "layer_norm_forward"),
                              (attention, "kv_pool_forward"), (attention, "attention_projected_forward")):
             def spy(*args, original=getattr(module, name), name=name, **kwargs):
@@ -111,10 +112,10 @@ class TestPreparedPath:
             monkeypatch.setattr(module, name, spy)
         monkeypatch.setattr(fused_ops._conv_mlp, "_check_inputs", lambda *a: pytest.fail("validated again"))
         _infer(model, images, "triton")
-        # tiny: 1 + 1 pool-mixer blocks, 1 attention block (its LN2 fused into the MLP, its projection into the
-        # attention kernel), the neck
-        assert calls == {"pool_mixer_forward": 2, "conv_mlp_forward": 3, "dwconv_forward": 2, "layer_norm_forward": 3,
-                         "kv_pool_forward": 1, "attention_projected_forward": 1}
+        # tiny: 1 + 1 pool-mixer blocks (each one kernel), 1 attention block (its LN2 fused into the MLP, its
+        # projection into the attention kernel), the neck
+        assert calls == {"pool_mixer_block_forward": 2, "conv_mlp_forward": 1, "dwconv_forward": 2,
+                         "layer_norm_forward": 3, "kv_pool_forward": 1, "attention_projected_forward": 1}
 
     def test_backends_share_the_prepared_weights(self):
         model = _encoder()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels.model._autocast import autocast_off
+from litesam_kernels.ops._autocast import autocast_off
 
 # the op modules (importlib: ``litesam_kernels.ops`` re-exports functions under some of the same names)
 _attention = importlib.import_module("litesam_kernels.ops.attention")
@@ -38,6 +38,7 @@ _conv_block = importlib.import_module("litesam_kernels.ops.conv_block")
 _conv_mlp = importlib.import_module("litesam_kernels.ops.conv_mlp")
 _layer_norm = importlib.import_module("litesam_kernels.ops.layer_norm")
 _pool_mixer = importlib.import_module("litesam_kernels.ops.pool_mixer")
+_pool_mixer_block = importlib.import_module("litesam_kernels.ops.pool_mixer_block")
 
 # ------------------------------------------------------------------------------------ prepared weights
 
@@ -128,6 +129,10 @@ class CustomOps(_Blocks):
         return _pool_mixer.pool_mixer(x, bn.scale, bn.shift, pool_sizes)
 
     @_without_autocast
+    def pool_mixer_block(x, bn: BatchNormAffine, pool_sizes: Sequence[int], mlp: ConvMLPWeights):
+        return _pool_mixer_block.pool_mixer_block(x, bn.scale, bn.shift, mlp.w1, mlp.b1, mlp.w2, mlp.b2, pool_sizes)
+
+    @_without_autocast
     def conv_mlp(x, mlp: ConvMLPWeights, residual: Optional[torch.Tensor]):
         return _conv_mlp.conv_mlp(x, mlp.w1, mlp.b1, mlp.w2, mlp.b2, residual)
 
@@ -214,10 +219,13 @@ def _kernels():
     """The Triton launcher modules, imported on first use (the model imports without Triton)."""
     import types
 
-    from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer
+    from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer, pool_mixer_block
+    from litesam_kernels.triton._activations import fast_gelu_for
+    from litesam_kernels.triton._precision import dot_precision
 
     return types.SimpleNamespace(attention=attention, conv_block=conv_block, conv_mlp=conv_mlp,
-                                 layer_norm=layer_norm, pool_mixer=pool_mixer)
+                                 layer_norm=layer_norm, pool_mixer=pool_mixer, pool_mixer_block=pool_mixer_block,
+                                 dot_precision=dot_precision, fast_gelu_for=fast_gelu_for)
 
 
 class TritonOps(_DirectOps):
@@ -228,6 +236,15 @@ class TritonOps(_DirectOps):
     @staticmethod
     def pool_mixer(x, bn, pool_sizes):
         return _kernels().pool_mixer.pool_mixer_forward(x, bn.scale, pool_sizes)  # the shift cancels
+
+    @classmethod
+    def pool_mixer_block(cls, x, bn, pool_sizes, mlp):
+        kernels = _kernels()
+        if not kernels.pool_mixer_block.fits(x.shape[-1], mlp.w1.shape[0]):  # as the op decides: two kernels
+            return super().pool_mixer_block(x, bn, pool_sizes, mlp)
+        return kernels.pool_mixer_block.pool_mixer_block_forward(
+            x, bn.scale, mlp.w1, mlp.b1, mlp.w2, mlp.b2, pool_sizes, kernels.dot_precision(x.dtype, "conv"),
+            kernels.fast_gelu_for(x.dtype))
 
     @staticmethod
     def conv_mlp(x, mlp, residual):
@@ -267,7 +284,8 @@ class TritonOps(_DirectOps):
 
 
 # The op families the encoder calls (``_backend`` names): one backend choice each per forward.
-OP_FAMILIES = ("pool_mixer", "dwconv_act", "conv_mlp", "layer_norm2d", "kv_pool2d", "multi_head_attention")
+OP_FAMILIES = ("pool_mixer", "pool_mixer_block", "dwconv_act", "conv_mlp", "layer_norm2d", "kv_pool2d",
+               "multi_head_attention")  # the projected attention dispatches as multi_head_attention
 _DIRECT = {"triton": TritonOps, "reference": ReferenceOps}
 
 

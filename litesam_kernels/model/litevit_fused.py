@@ -36,7 +36,7 @@ from torch import nn
 
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_tensor
-from litesam_kernels.model._autocast import autocast_off
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.model.fused_ops import (BatchNormAffine, ConvMLPWeights, ConvWeights, CustomOps,
                                              DepthwiseWeights, LayerNormWeights, LinearWeights, ReferenceOps)
 from litesam_kernels.ops._dense import DTYPES, acc_dtype

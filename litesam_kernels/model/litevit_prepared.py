@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from litesam_kernels.model import fused_ops
-from litesam_kernels.model._autocast import autocast_off
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.model.litevit_fused import FOLD_METHODS, Folds, run_encoder
 
 MAX_CACHED = 4  # (activation dtype, device) entries per encoder; the least recently built is dropped
