@@ -263,7 +263,9 @@ class TritonOps(_DirectOps):
 
     @staticmethod
     def attention_projected(q, k, v, scale, proj, residual):
-        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual)[0]
+        # inference: the kernel variant that does not write the backward's state
+        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual,
+                                                                store_state=False)[0]
 
 
 # The op families the encoder calls (``_backend`` names): one backend choice each per forward.

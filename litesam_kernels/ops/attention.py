@@ -12,6 +12,11 @@
 - :func:`pooled_kv_attention`: ``residual + proj(MHA(Wq t, Wkv kv_pool2d(t)))``: LiteViT's
   ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``.
 
+The fused projection's kernel writes the attention output and log-sum-exp (the backward's state) only when
+a gradient can need them (grad mode on and an input requiring grad: ``litesam::multi_head_attention_projected``);
+otherwise ``litesam::multi_head_attention_projected_inference`` runs the variant without them, a quarter less
+traffic.
+
 Pooling happens before the K/V projection, not inside the attention kernel's K/V load: average pooling
 commutes with the affine projection, and projecting the pooled tokens (HW/4 + HW/16 of them) costs 3.2x
 fewer FLOPs and bytes than projecting all HW tokens and pooling K/V on the fly.
@@ -76,7 +81,8 @@ def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Te
 
     Returns:
         ``(B, Lq, C_out)`` contiguous, q's dtype. The attention output is rounded to q's dtype before the
-        projection, as the unfused ``linear(multi_head_attention(...))`` computes it. Differentiable.
+        projection, as the unfused ``linear(multi_head_attention(...))`` computes it. Differentiable; the
+        backward's state is kept only when grad mode is on and an input requires grad.
 
     Raises:
         TypeError / ValueError for bad types, shapes, devices or scale.
@@ -84,7 +90,9 @@ def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     scale = _scale(q, scale)
     _check_attention(q, k, v, scale)
     _check_projection(q, wproj, bproj, residual)
-    return torch.ops.litesam.multi_head_attention_projected(q, k, v, scale, wproj, bproj, residual)[0]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, wproj, bproj, residual)):
+        return torch.ops.litesam.multi_head_attention_projected(q, k, v, scale, wproj, bproj, residual)[0]
+    return torch.ops.litesam.multi_head_attention_projected_inference(q, k, v, scale, wproj, bproj, residual)
 
 
 def kv_pool2d(x: torch.Tensor, pool_sizes: Sequence[int] = (2, 4)) -> torch.Tensor:
@@ -305,10 +313,8 @@ def _attention_backward(ctx, grads):
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-@torch.library.custom_op("litesam::multi_head_attention_projected", mutates_args=())
-def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
-                  bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """Returns [y, out, logsumexp]: out (the attention output) and logsumexp are the backward's state."""
+def _projected_forward(q, k, v, scale, wproj, bproj, residual, store_state: bool) -> List[torch.Tensor]:
+    """The projected ops' body: [y, out, logsumexp], or [y] without the backward's state."""
     _check_attention(q, k, v, scale)
     _check_projection(q, wproj, bproj, residual)
     with autocast_off(q.device):
@@ -316,10 +322,19 @@ def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
             from litesam_kernels.triton.attention import attention_projected_forward
 
             res = None if residual is None else residual.contiguous()
-            return list(attention_projected_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale,
-                                                    wproj.to(q.dtype).contiguous(),
-                                                    bproj.to(acc_dtype(q.dtype)).contiguous(), res))
-        return _attention_projected_reference(q, k, v, scale, wproj, bproj, residual)
+            y, out, lse = attention_projected_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale,
+                                                      wproj.to(q.dtype).contiguous(),
+                                                      bproj.to(acc_dtype(q.dtype)).contiguous(), res, store_state)
+        else:
+            y, out, lse = _attention_projected_reference(q, k, v, scale, wproj, bproj, residual)
+    return [y, out, lse] if store_state else [y]
+
+
+@torch.library.custom_op("litesam::multi_head_attention_projected", mutates_args=())
+def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
+                  bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Returns [y, out, logsumexp]: out (the attention output) and logsumexp are the backward's state."""
+    return _projected_forward(q, k, v, scale, wproj, bproj, residual, store_state=True)
 
 
 @_projected_op.register_fake
@@ -329,6 +344,19 @@ def _projected_fake(q, k, v, scale, wproj, bproj, residual):
     b, lq, nh, _ = q.shape
     return [q.new_empty((b, lq, wproj.shape[0])), torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((b, nh, lq), dtype=acc_dtype(q.dtype))]
+
+
+@torch.library.custom_op("litesam::multi_head_attention_projected_inference", mutates_args=())
+def _projected_inference_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
+                            bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """y alone: the kernel variant that does not write the backward's state. Not differentiable (backward
+    raises); :func:`multi_head_attention_projected` takes it when no gradient can be needed."""
+    return _projected_forward(q, k, v, scale, wproj, bproj, residual, store_state=False)[0]
+
+
+@_projected_inference_op.register_fake
+def _projected_inference_fake(q, k, v, scale, wproj, bproj, residual):
+    return _projected_fake(q, k, v, scale, wproj, bproj, residual)[0]
 
 
 def _projected_setup(ctx, inputs, output):
