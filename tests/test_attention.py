@@ -476,14 +476,52 @@ def test_prepared_table_and_inference_never_store_the_backward_state(monkeypatch
 
 
 @triton_only
+class TestGrids:
+    """The launch grids as plain arithmetic, at sizes no CPU test could launch: 1-D, so B x H (pooling
+    backward), B (pooling forward) and B x heads (attention) beyond 65535 launch; beyond 2**31 - 1 programs a
+    ValueError before any launch."""
+
+    def test_pool_grids_beyond_65535_rows_are_1d(self):
+        from triton import cdiv
+
+        from litesam_kernels.triton import attention as kernels
+
+        for config in kernels.POOL_BWD_CONFIGS.configs:  # B x H = 70_000 image rows: grid axis 1 failed here
+            bw, bc = config.meta["BLOCK_W"], config.meta["BLOCK_C"]
+            assert kernels.kv_pool_backward_grid((700, 100, 64, 128), bw, bc) == (cdiv(64, bw) * cdiv(128, bc) * 70_000,)
+        for config in kernels.POOL_FWD_CONFIGS.configs:  # B = 70_000 images
+            bt, bc = config.meta["BLOCK_T"], config.meta["BLOCK_C"]
+            assert kernels.kv_pool_forward_grid(70_000, 1024, 128, bt, bc) == (cdiv(1024, bt) * cdiv(128, bc) * 70_000,)
+        assert kernels.query_tile_grid(70_000, 4096, 64) == (70_000 * 64,)  # B x heads = 70_000
+
+    def test_too_many_programs_are_rejected_before_launch(self):
+        from litesam_kernels.triton import attention as kernels
+
+        assert kernels.kv_pool_forward_grid(2**31 - 1, 1, 1, 32, 64) == (2**31 - 1,)
+        with pytest.raises(ValueError, match="programs"):  # 2**31 one-pixel images: 4 GB of fp16, allocatable
+            kernels.kv_pool_forward_grid(2**31, 1, 1, 32, 64)
+        with pytest.raises(ValueError, match="programs"):
+            kernels.kv_pool_backward_grid((2**30, 2, 1, 1), 32, 64)
+        with pytest.raises(ValueError, match="programs"):
+            kernels.query_tile_grid(2**25, 4096, 64)
+
+    def test_empty_inputs_launch_nothing(self):
+        from litesam_kernels.triton import attention as kernels
+
+        assert kernels.kv_pool_forward_grid(0, 16, 32, 32, 64) == (0,)
+        assert kernels.kv_pool_backward_grid((0, 4, 4, 32), 32, 64) == (0,)
+
+
+@triton_only
 @pytest.mark.parametrize("name", ["attention.kv_pool_fwd", "attention.kv_pool_bwd"])
 def test_every_pool_configuration(name):
     from litesam_kernels.triton import attention as kernels
     from litesam_kernels.triton._configs import force_config
 
     family = kernels.POOL_FWD_CONFIGS if name.endswith("fwd") else kernels.POOL_BWD_CONFIGS
-    x = torch.randn(1, 5, 34, 70, dtype=torch.float64)  # tails in W, in tokens and in channels for each block
-    grad = torch.randn(1, 3 * 17 + 2 * 9, 70, dtype=torch.float64)
+    # tails in W, in tokens and in channels for each block; two images (the 1-D grid's outermost index)
+    x = torch.randn(2, 5, 34, 70, dtype=torch.float64)
+    grad = torch.randn(2, 3 * 17 + 2 * 9, 70, dtype=torch.float64)
     want = _kv_pool_reference(x, [2, 4]) if name.endswith("fwd") else _kv_pool_backward_reference(grad, x, [2, 4])
     for index in range(len(family)):
         with lk.use_backend("triton"), force_config(name, index):

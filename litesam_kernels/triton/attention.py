@@ -22,8 +22,11 @@ Pooling: forward one launch per scale (window sum / count of cells inside the im
 one pass over pixels that gathers each scale's token gradient / count.
 
 fp32 dots follow ``torch.backends.cuda.matmul.allow_tf32`` (off by default: exact fp32 products; on: TF32
-tensor cores, about 1e-3 relative error per product), see ``_precision``. Grids are 1-D (no 65535 limit
-on batch x heads). Launch configurations per row-size class (``_sized_configs``), autotuned on a GPU.
+tensor cores, about 1e-3 relative error per product), see ``_precision``. Every grid is 1-D: CUDA allows
+2**31 - 1 programs on axis 0 but only 65535 on axes 1 and 2, so each kernel splits its program id into
+(tile, channel block, image or image row) itself; the grid sizes are plain functions (``*_grid``), checked
+before launch and tested at sizes no CPU test could launch. Launch configurations per row-size class
+(``_sized_configs``), autotuned on a GPU.
 """
 import torch
 import triton
@@ -296,11 +299,16 @@ def _attn_bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr
 @triton.jit
 def _kv_pool_fwd_kernel(x_ptr, out_ptr, H, W, C, L, T0, S: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_C: tl.constexpr):
-    b = tl.program_id(1)
+    """Scale S's tokens (from token T0 of out's L); one program per (token tile, channel block, image), token
+    tiles fastest (:func:`kv_pool_forward_grid`)."""
     wo = (W + S - 1) // S
     ho = (H + S - 1) // S
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n_t = tl.cdiv(ho * wo, BLOCK_T)
+    n_c = tl.cdiv(C, BLOCK_C)
+    pid = tl.program_id(0)
+    b = pid // (n_t * n_c)
+    t = (pid % n_t) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cs = ((pid // n_t) % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     t_ok = t < ho * wo
     c_ok = cs < C
     oy = t // wo
@@ -322,11 +330,16 @@ def _kv_pool_fwd_kernel(x_ptr, out_ptr, H, W, C, L, T0, S: tl.constexpr, BLOCK_T
 @triton.jit
 def _kv_pool_bwd_kernel(g_ptr, dx_ptr, H, W, C, L, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                         BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    bh = tl.program_id(1)
+    """dx of BLOCK_W pixels x BLOCK_C channels of one image row; one program per (pixel tile, channel block,
+    image row), pixel tiles fastest (:func:`kv_pool_backward_grid`)."""
+    n_w = tl.cdiv(W, BLOCK_W)
+    n_c = tl.cdiv(C, BLOCK_C)
+    pid = tl.program_id(0)
+    bh = pid // (n_w * n_c)  # b * H + h
     b = bh // H
     h = bh % H
-    ws = tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ws = (pid % n_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    cs = ((pid // n_w) % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     w_ok = ws < W
     c_ok = cs < C
     m2 = w_ok[:, None] & c_ok[None, :]
@@ -345,6 +358,38 @@ def _kv_pool_bwd_kernel(g_ptr, dx_ptr, H, W, C, L, S0: tl.constexpr, S1: tl.cons
             t0 += ((H + S - 1) // S) * wo
     offs = (bh.to(tl.int64) * W + ws)[:, None] * C + cs[None, :]
     tl.store(dx_ptr + offs, acc.to(dx_ptr.dtype.element_ty), mask=m2)
+
+
+# -------------------------------------------------------------------------------------------------- grids
+MAX_GRID_X = 2**31 - 1  # CUDA's grid axis 0 (axes 1 and 2: 65535)
+
+
+def _grid_1d(programs, what):
+    """``(programs,)``, or ValueError when CUDA cannot launch that many on axis 0 (the kernels' 32-bit program
+    arithmetic has the same bound). An empty grid is not launched (Triton skips it)."""
+    programs = int(programs)
+    if programs > MAX_GRID_X:
+        raise ValueError(f"{what} needs {programs} programs, more than the {MAX_GRID_X} one launch allows")
+    return (programs,)
+
+
+def query_tile_grid(groups, length, block):
+    """1-D grid of ``_query_tile`` programs: cdiv(length, block) tiles for each of ``groups`` (images or
+    image x head pairs)."""
+    return _grid_1d(triton.cdiv(length, block) * groups, f"attention over {groups} x {length} rows")
+
+
+def kv_pool_forward_grid(batch, tokens, channels, block_t, block_c):
+    """1-D grid of ``_kv_pool_fwd_kernel`` for one scale of ``tokens`` tokens per image."""
+    return _grid_1d(triton.cdiv(tokens, block_t) * triton.cdiv(channels, block_c) * batch,
+                    f"kv_pool2d of {batch} images x {tokens} tokens x {channels} channels")
+
+
+def kv_pool_backward_grid(shape, block_w, block_c):
+    """1-D grid of ``_kv_pool_bwd_kernel`` for an input of ``shape`` (B, H, W, C)."""
+    b, h, w, c = (int(n) for n in shape)
+    return _grid_1d(triton.cdiv(w, block_w) * triton.cdiv(c, block_c) * b * h,
+                    f"the kv_pool2d backward of {(b, h, w, c)}")
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -369,7 +414,7 @@ def attention_forward(q, k, v, scale):
     prec = dot_precision(q.dtype, "matmul")
 
     def run(config):
-        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b * nh,)
+        grid = query_tile_grid(b * nh, lq, config.meta["BLOCK_M"])
         _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), lq, k.shape[1], nh,
                                scale * LOG2E, PREC=prec, D=d, **config.kwargs())
 
@@ -394,7 +439,7 @@ def attention_projected_forward(q, k, v, scale, wproj, bproj, residual, store_st
     block_c = max(16, triton.next_power_of_2(cout))
 
     def run(config):
-        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b,)
+        grid = query_tile_grid(b, lq, config.meta["BLOCK_M"])
         # pointers the variant never touches get a tensor of their type (y, bproj) as placeholder
         _attn_fwd_proj_kernel[grid](
             q, k, v, wproj, bproj, y if residual is None else residual, y if o is None else o,
@@ -421,11 +466,11 @@ def attention_backward(do, q, k, v, o, lse, scale):
     size, key = row_bytes(q.dtype, d), _tune_key(q, k, prec)
 
     def run_dq(config):
-        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b * nh,)
+        grid = query_tile_grid(b * nh, lq, config.meta["BLOCK_M"])
         _attn_bwd_dq_kernel[grid](q, k, v, do, lse, delta, dq, *common, PREC=prec, D=d, **config.kwargs())
 
     def run_dkv(config):
-        grid = (triton.cdiv(lk, config.meta["BLOCK_N"]) * b * nh,)
+        grid = query_tile_grid(b * nh, lk, config.meta["BLOCK_N"])  # tiles of keys
         _attn_bwd_dkv_kernel[grid](q, k, v, do, lse, delta, dk, dv, *common, PREC=prec, D=d, **config.kwargs())
 
     DQ_CONFIGS.launch(size, key, run_dq)
@@ -442,7 +487,7 @@ def kv_pool_forward(x, sizes):
     def run(config):
         t0 = 0
         for s, n in zip(sizes, counts):
-            grid = (triton.cdiv(n, config.meta["BLOCK_T"]), b, triton.cdiv(c, config.meta["BLOCK_C"]))
+            grid = kv_pool_forward_grid(b, n, c, config.meta["BLOCK_T"], config.meta["BLOCK_C"])
             _kv_pool_fwd_kernel[grid](x, out, h, w, c, out.shape[1], t0, S=s, **config.kwargs())
             t0 += n
 
@@ -456,7 +501,7 @@ def kv_pool_backward(g, x_shape, sizes):
     padded = list(sizes) + [0] * (3 - len(sizes))
 
     def run(config):
-        grid = (triton.cdiv(w, config.meta["BLOCK_W"]), b * h, triton.cdiv(c, config.meta["BLOCK_C"]))
+        grid = kv_pool_backward_grid(x_shape, config.meta["BLOCK_W"], config.meta["BLOCK_C"])
         _kv_pool_bwd_kernel[grid](g, dx, h, w, c, g.shape[1], S0=padded[0], S1=padded[1], S2=padded[2],
                                   **config.kwargs())
 
