@@ -12,6 +12,7 @@ import litesam_kernels as lk
 from litesam_kernels import _backend
 from litesam_kernels.model import fused_ops
 from litesam_kernels.model.litevit import PooledKVAttention
+from litesam_kernels.model.litevit_fused import Folds
 from litesam_kernels.ops.attention import (_attention_projected_reference, _attention_reference,
                                            _kv_pool_backward_reference, _kv_pool_reference, kv_pool2d,
                                            multi_head_attention, multi_head_attention_projected, pooled_kv_attention)
@@ -369,6 +370,44 @@ class TestPooledKVAttention:
         gemms = [op for op in recorder.ops if op.split(".")[1] in ("mm", "addmm", "bmm", "linear")]
         assert len(gemms) == 2, recorder.ops  # the q and kv projections only
 
+    @pytest.mark.parametrize("backend", BLOCK_BACKENDS)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+    @pytest.mark.parametrize("channels,heads", [(32, 2), (256, 2)], ids=["fused-projection", "attention-then-gemm"])
+    def test_op_tables_run_the_ops_composition(self, backend, dtype, channels, heads):
+        """The prepared encoder's direct table of this backend (weights folded as the encoder folds them)
+        gives the op's output bit for bit, on both ways through: the fused projection (C <= 256, D <= 64) and
+        attention followed by a GEMM (D = 128)."""
+        table = {"reference": fused_ops.ReferenceOps, "triton": fused_ops.TritonOps}[backend]
+        module = PooledKVAttention(channels, heads, (2, 4))
+        _, t, params = _block_inputs(module, dtype)
+        t = t.contiguous()  # as the encoder's LayerNorm hands it over
+        folds = Folds(dtype)
+        with torch.no_grad(), lk.use_backend(backend):
+            want = pooled_kv_attention(t, *params, heads, (2, 4), residual=t)
+            got = table.pooled_kv_attention(t, folds.linear(module.q), folds.linear(module.kv),
+                                            folds.linear(module.proj), heads, (2, 4), residual=t)
+        assert got.dtype == dtype and torch.equal(got, want)
+
+    @pytest.mark.parametrize("backend", BLOCK_BACKENDS)
+    @pytest.mark.parametrize("channels,heads", [(32, 2), (256, 2)], ids=["fused-projection", "attention-then-gemm"])
+    def test_empty_batch(self, backend, channels, heads):
+        """B = 0 gives (0, H, W, C) and zero gradients, on the op (with and without a residual) and on the
+        direct table."""
+        module = PooledKVAttention(channels, heads, (2, 4))
+        _, t, params = _block_inputs(module, torch.float32)
+        t = t[:0].contiguous().requires_grad_()
+        with lk.use_backend(backend):
+            for residual in (t, None):
+                got = pooled_kv_attention(t, *params, heads, (2, 4), residual=residual)
+                assert got.shape == t.shape
+                grads = torch.autograd.grad(got.sum(), [t, *module.parameters()])
+                assert all(g.shape == p.shape and not g.any() for g, p in zip(grads, [t, *module.parameters()]))
+            table = {"reference": fused_ops.ReferenceOps, "triton": fused_ops.TritonOps}[backend]
+            linear = Folds(torch.float32).linear
+            with torch.no_grad():
+                got = table.pooled_kv_attention(t, linear(module.q), linear(module.kv), linear(module.proj), heads,
+                                                (2, 4), residual=t)
+        assert got.shape == t.shape
 
 
 # ------------------------------------------------------------------------- the Triton kernels' GPU paths
@@ -468,7 +507,7 @@ def test_prepared_table_and_inference_never_store_the_backward_state(monkeypatch
     proj = fused_ops.LinearWeights(wproj, bproj, bproj)
     monkeypatch.setattr(kernels.PROJ_CONFIGS, "launch", storing)
     with lk.use_backend("triton"):
-        fused_ops.TritonOps.attention_projected(q, k, v, 0.25, proj, res)
+        fused_ops.TritonOps.attention_projected(proj, q, k, v, 0.25, res)
         with torch.no_grad():
             multi_head_attention_projected(q.requires_grad_(), k, v, wproj, bproj, res)
         with pytest.raises(AssertionError, match="state-storing"):

@@ -10,7 +10,8 @@
   projection, its bias and the residual fused into the attention kernel's epilogue (output channels <= 256,
   head dim <= 64).
 - :func:`pooled_kv_attention`: ``residual + proj(MHA(Wq t, Wkv kv_pool2d(t)))``: LiteViT's
-  ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``.
+  ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``; its composition, :func:`compose_pooled_kv_attention`,
+  also runs the prepared encoder's op tables (one copy: the prepared path computes what the op computes).
 
 The fused projection's kernel writes the attention output and log-sum-exp (the backward's state) only when
 a gradient can need them (grad mode on and an input requiring grad: ``litesam::multi_head_attention_projected``);
@@ -119,23 +120,48 @@ def pooled_kv_attention(x_norm: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor
     floating dtype: the projections run in x_norm's dtype (float32 master weights with half activations
     work). The q and kv projections are cuBLAS GEMMs on channels-last tokens; pooling is one fused op, and
     attention + output projection + bias + residual another (C <= 256 and head dim <= 64; otherwise
-    attention, then a GEMM).
+    attention, then a GEMM). An empty batch gives an empty output.
     """
     check_nhwc("x_norm", x_norm)
-    b, h, w, c = x_norm.shape
+    c = x_norm.shape[3]
     if num_heads < 1 or c % num_heads:
         raise ValueError(f"num_heads must divide the {c} channels of x_norm, got {num_heads}")
-    d = c // num_heads
     wq, bq, wkv, bkv, wproj, bproj = (t.to(x_norm.dtype) for t in (wq, bq, wkv, bkv, wproj, bproj))
-    q = F.linear(x_norm, wq, bq).view(b, h * w, num_heads, d)
-    kv = F.linear(kv_pool2d(x_norm, kv_pool_sizes), wkv, bkv).view(b, -1, 2, num_heads, d)
+
+    def attention_projected(q, k, v, scale, res):
+        return multi_head_attention_projected(q, k, v, wproj, bproj, res, scale)
+
+    return compose_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, kv_pool_sizes, residual,
+                                       kv_pool=kv_pool2d, attention=multi_head_attention,
+                                       attention_projected=attention_projected)
+
+
+def compose_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, pool_sizes, residual, *,
+                                kv_pool, attention, attention_projected):
+    """:func:`pooled_kv_attention` on given kernels, for inputs already checked: the public op runs it on the
+    custom ops, the prepared encoder's op tables on the Triton launchers or the references.
+
+    x_norm ``(B, H, W, C)``; the weights in x_norm's dtype (``wproj``, ``bproj``: for the GEMM after an unfused
+    attention); residual ``(B, H, W, C)`` or None. The kernels: ``kv_pool(x, pool_sizes) -> (B, L, C)``,
+    ``attention(q, k, v, scale) -> (B, Lq, heads, D)`` and ``attention_projected(q, k, v, scale, residual)
+    -> (B, Lq, C)``, the fused ``[residual +] proj(attention)`` with the output projection as the caller
+    prepared it (residual ``(B, Lq, C)`` or None). The projection is fused where the kernel allows it.
+    """
+    b, h, w, c = x_norm.shape
+    d = c // num_heads
+    scale = 1.0 / math.sqrt(d)
+    queries = F.linear(x_norm, wq, bq).view(b, h * w, num_heads, d)
+    sources = kv_pool(x_norm, pool_sizes)
+    # the pooled length spelled out: view(b, -1, ...) cannot infer it when b == 0
+    keys_values = F.linear(sources, wkv, bkv).view(b, sources.shape[1], 2, num_heads, d)
+    keys, values = keys_values[:, :, 0], keys_values[:, :, 1]
     if c <= MAX_PROJECTED_CHANNELS and d in PROJECTED_HEAD_DIMS:
         res = None if residual is None else residual.reshape(b, h * w, c)
-        return multi_head_attention_projected(q, kv[:, :, 0], kv[:, :, 1], wproj, bproj, res).view(b, h, w, c)
-    o = multi_head_attention(q, kv[:, :, 0], kv[:, :, 1]).view(b, h, w, c)
+        return attention_projected(queries, keys, values, scale, res).view(b, h, w, c)
+    out = attention(queries, keys, values, scale).view(b, h, w, c)
     if residual is None:
-        return F.linear(o, wproj, bproj)
-    return torch.addmm(bproj, o.view(-1, c), wproj.t()).view(b, h, w, c) + residual
+        return F.linear(out, wproj, bproj)
+    return torch.addmm(bproj, out.view(-1, c), wproj.t()).view(b, h, w, c) + residual
 
 
 # ------------------------------------------------------------------------------------------ validation
