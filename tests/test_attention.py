@@ -527,10 +527,12 @@ class TestGrids:
 
         for config in kernels.POOL_BWD_CONFIGS.configs:  # B x H = 70_000 image rows: grid axis 1 failed here
             bw, bc = config.meta["BLOCK_W"], config.meta["BLOCK_C"]
-            assert kernels.kv_pool_backward_grid((700, 100, 64, 128), bw, bc) == (cdiv(64, bw) * cdiv(128, bc) * 70_000,)
+            grid = kernels.kv_pool_backward_grid((700, 100, 64, 128), bw, bc)
+            assert grid == (cdiv(64, bw) * cdiv(128, bc) * 70_000,)
         for config in kernels.POOL_FWD_CONFIGS.configs:  # B = 70_000 images
             bt, bc = config.meta["BLOCK_T"], config.meta["BLOCK_C"]
-            assert kernels.kv_pool_forward_grid(70_000, 1024, 128, bt, bc) == (cdiv(1024, bt) * cdiv(128, bc) * 70_000,)
+            grid = kernels.kv_pool_forward_grid(70_000, 1024, 128, bt, bc)
+            assert grid == (cdiv(1024, bt) * cdiv(128, bc) * 70_000,)
         assert kernels.query_tile_grid(70_000, 4096, 64) == (70_000 * 64,)  # B x heads = 70_000
 
     def test_too_many_programs_are_rejected_before_launch(self):

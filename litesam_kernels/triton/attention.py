@@ -25,7 +25,7 @@ fp32 dots follow ``torch.backends.cuda.matmul.allow_tf32`` (off by default: exac
 tensor cores, about 1e-3 relative error per product), see ``_precision``. Every grid is 1-D: CUDA allows
 2**31 - 1 programs on axis 0 but only 65535 on axes 1 and 2, so each kernel splits its program id into
 (tile, channel block, image or image row) itself; the grid sizes are plain functions (``*_grid``), checked
-before launch and tested at sizes no CPU test could launch. Launch configurations per row-size class
+before launch and tested on CPU at sizes too large to launch there. Launch configurations per row-size class
 (``_sized_configs``), autotuned on a GPU.
 """
 import torch
