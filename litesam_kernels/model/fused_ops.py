@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from litesam_kernels import _backend
 from litesam_kernels.ops._autocast import autocast_off
@@ -161,19 +159,11 @@ class _DirectOps(_Blocks):
 
     @classmethod
     def pooled_kv_attention(cls, t, q, kv, proj, num_heads, pool_sizes, residual):
-        # ops.attention.pooled_kv_attention's composition, on this table's kv_pool and attention
-        b, h, w, c = t.shape
-        d = c // num_heads
-        queries = F.linear(t, q.weight, q.bias).view(b, h * w, num_heads, d)
-        sources = cls.kv_pool(t, pool_sizes)
-        keys_values = F.linear(sources, kv.weight, kv.bias).view(b, sources.shape[1], 2, num_heads, d)
-        keys, values, scale = keys_values[:, :, 0], keys_values[:, :, 1], 1.0 / math.sqrt(d)
-        if c <= _attention.MAX_PROJECTED_CHANNELS and d in _attention.PROJECTED_HEAD_DIMS:
-            # attention + projection + bias + residual in one kernel, as the op does
-            y = cls.attention_projected(queries, keys, values, scale, proj, residual.view(b, h * w, c))
-            return y.view(b, h, w, c)
-        out = cls.attention(queries, keys, values, scale)
-        return torch.addmm(proj.bias, out.view(-1, c), proj.weight.t()).view(b, h, w, c) + residual
+        # the op's own composition (ops.attention), on this table's kv_pool and attention kernels
+        return _attention.compose_pooled_kv_attention(
+            t, q.weight, q.bias, kv.weight, kv.bias, proj.weight, proj.bias, num_heads, pool_sizes, residual,
+            kv_pool=cls.kv_pool, attention=cls.attention,
+            attention_projected=functools.partial(cls.attention_projected, proj))
 
 
 class ReferenceOps(_DirectOps):
@@ -210,7 +200,7 @@ class ReferenceOps(_DirectOps):
         return _attention._attention_reference(q, k, v, scale)[0]
 
     @staticmethod
-    def attention_projected(q, k, v, scale, proj, residual):
+    def attention_projected(proj, q, k, v, scale, residual):
         return _attention._attention_projected_reference(q, k, v, scale, proj.weight, proj.bias, residual)[0]
 
 
@@ -279,8 +269,10 @@ class TritonOps(_DirectOps):
         return _kernels().attention.attention_forward(q, k, v, scale)[0]
 
     @staticmethod
-    def attention_projected(q, k, v, scale, proj, residual):
-        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual)[0]
+    def attention_projected(proj, q, k, v, scale, residual):
+        # inference: the kernel variant that does not write the backward's state
+        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual,
+                                                                store_state=False)[0]
 
 
 # The op families the encoder calls (``_backend`` names): one backend choice each per forward.
