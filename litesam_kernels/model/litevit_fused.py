@@ -258,7 +258,7 @@ def fused_forward(model, images: torch.Tensor) -> torch.Tensor:
         out = litevit_prepared.prepared_forward(model, images, dtype)
         if out is not None:
             return out
-    # the custom ops run their references on empty tensors anyway; the references are plain (differentiable)
-    # torch, and ops.pooled_kv_attention's view(b, -1, ...) cannot infer a size when b == 0
+    # the custom ops run their references on empty tensors anyway, and the references are plain
+    # (differentiable) torch
     ops = ReferenceOps if images.shape[0] == 0 else CustomOps
     return run_encoder(model, images.to(dtype), Folds(dtype), ops)
