@@ -31,11 +31,12 @@ def check_image_size(name, shape, halo=STENCIL_HALO):
 
 def grid_1d(programs, what):
     """``(programs,)``, or ValueError when it exceeds CUDA's grid axis 0 (or when the kernel's own 32-bit
-    program arithmetic would overflow, which is the same bound)."""
+    program arithmetic would overflow, which is the same bound). An empty grid is not launched (Triton skips
+    it, on a GPU and under the interpreter)."""
     programs = int(programs)
     if programs > MAX_GRID_X:
         raise ValueError(f"{what} needs {programs} programs, more than the {MAX_GRID_X} a launch allows")
-    return (max(programs, 1),)
+    return (programs,)
 
 
 def row_tile_grid(shape, block_w, block_c):

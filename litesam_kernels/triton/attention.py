@@ -35,6 +35,7 @@ import triton.language as tl
 from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
 from litesam_kernels.triton._precision import dot_precision
 from litesam_kernels.triton._sized_configs import AOT_DTYPES, SizedConfigs, row_bytes
+from litesam_kernels.triton._tiles import grid_1d
 
 LOG2E = 1.4426950408889634
 
@@ -361,34 +362,22 @@ def _kv_pool_bwd_kernel(g_ptr, dx_ptr, H, W, C, L, S0: tl.constexpr, S1: tl.cons
 
 
 # -------------------------------------------------------------------------------------------------- grids
-MAX_GRID_X = 2**31 - 1  # CUDA's grid axis 0 (axes 1 and 2: 65535)
-
-
-def _grid_1d(programs, what):
-    """``(programs,)``, or ValueError when CUDA cannot launch that many on axis 0 (the kernels' 32-bit program
-    arithmetic has the same bound). An empty grid is not launched (Triton skips it)."""
-    programs = int(programs)
-    if programs > MAX_GRID_X:
-        raise ValueError(f"{what} needs {programs} programs, more than the {MAX_GRID_X} one launch allows")
-    return (programs,)
-
-
 def query_tile_grid(groups, length, block):
     """1-D grid of ``_query_tile`` programs: cdiv(length, block) tiles for each of ``groups`` (images or
     image x head pairs)."""
-    return _grid_1d(triton.cdiv(length, block) * groups, f"attention over {groups} x {length} rows")
+    return grid_1d(triton.cdiv(length, block) * groups, f"attention over {groups} x {length} rows")
 
 
 def kv_pool_forward_grid(batch, tokens, channels, block_t, block_c):
     """1-D grid of ``_kv_pool_fwd_kernel`` for one scale of ``tokens`` tokens per image."""
-    return _grid_1d(triton.cdiv(tokens, block_t) * triton.cdiv(channels, block_c) * batch,
+    return grid_1d(triton.cdiv(tokens, block_t) * triton.cdiv(channels, block_c) * batch,
                     f"kv_pool2d of {batch} images x {tokens} tokens x {channels} channels")
 
 
 def kv_pool_backward_grid(shape, block_w, block_c):
     """1-D grid of ``_kv_pool_bwd_kernel`` for an input of ``shape`` (B, H, W, C)."""
     b, h, w, c = (int(n) for n in shape)
-    return _grid_1d(triton.cdiv(w, block_w) * triton.cdiv(c, block_c) * b * h,
+    return grid_1d(triton.cdiv(w, block_w) * triton.cdiv(c, block_c) * b * h,
                     f"the kv_pool2d backward of {(b, h, w, c)}")
 
 
