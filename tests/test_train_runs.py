@@ -22,7 +22,8 @@ from litesam_kernels.model import LiteSAM, get_config  # noqa: E402
 from litesam_kernels.segment_everything import segment_everything  # noqa: E402
 from litesam_kernels.train import evaluate as evaluation  # noqa: E402
 from litesam_kernels.train.cli import main as train_main  # noqa: E402
-from litesam_kernels.train.sources import find_images, load_image  # noqa: E402
+from litesam_kernels.datasets import load_image  # noqa: E402
+from litesam_kernels.train.data import ImageFolder  # noqa: E402
 from litesam_kernels.train.trainer import training_state  # noqa: E402
 from tests import _teachers  # noqa: E402
 
@@ -312,7 +313,7 @@ def test_eval_against_the_teacher_masks_and_coco(work, finetuned, tmp_path, caps
     annotations = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "object"}]}
     from pycocotools import mask as mask_utils
 
-    for image_id, name in enumerate(find_images(work.images), start=1):  # relative paths, one in a subfolder
+    for image_id, name in enumerate(ImageFolder.discover(work.images).names, start=1):  # relative paths, one in a subfolder
         image = load_image(work.images / name)
         annotations["images"].append({"id": image_id, "file_name": name, "height": image.shape[0],
                                       "width": image.shape[1]})

@@ -435,3 +435,41 @@ def test_cuda_device_gets_this_ranks_index():
 
     assert Distributed().device("cuda") == torch.device("cuda", 0)
     assert Distributed().device("auto") == torch.device("cuda", 0)
+
+
+# ---------------------------------------------------------------------------------------------- images
+def test_training_decodes_images_as_the_cli_does(tmp_path):
+    """One discovery and one decoder for training and litesam-segment: a 16-bit PNG is scaled by 255/65535 (a
+    plain ``convert("RGB")`` clips 99.6% of such pixels to 255), EXIF rotation, grayscale and RGBA are
+    converted, and training names the same files as ``litesam-segment --recursive``, sorted."""
+    from PIL import Image
+
+    from litesam_kernels.datasets import InputError, discover_images, load_image
+    from litesam_kernels.train.data import ImageFolder, RenderedViews
+    from tests._photos import photo_folder
+
+    photos = photo_folder(tmp_path / "photos")
+    images = ImageFolder.discover(photos.root)
+    assert images.names == sorted(item.name for item in discover_images([str(photos.root)], recursive=True))
+    assert set(images.names) == {*photos.upright, photos.corrupt}  # notes.txt is no image
+    for name, expected in photos.upright.items():
+        index = images.names.index(name)
+        decoded = images.load(index)
+        assert np.array_equal(decoded, load_image(str(photos.root / name))), name
+        assert np.array_equal(decoded, expected), name
+    moon = images.load(images.names.index("moon16.png"))
+    with Image.open(photos.root / "moon16.png") as opened:
+        assert opened.mode.startswith("I")  # what PIL makes of a 16-bit PNG
+        assert (np.asarray(opened.convert("RGB")) == 255).mean() > 0.99  # the clipping this test guards against
+    assert (moon == 255).mean() < 0.01 and moon.max() > 100
+    views = RenderedViews(images, ViewPlan(1, None, seed=0), image_size=128)
+    rendered = views[images.names.index("moon16.png")]
+    assert torch.equal(rendered["pixels"], render_image(photos.upright["moon16.png"], View.identity(*moon.shape[:2]),
+                                                        128)[0])
+    with pytest.raises(InputError, match=f"cannot read training image .*{photos.corrupt}"):
+        images.load(images.names.index(photos.corrupt))
+    with pytest.raises(InputError, match="--images must be a folder of images"):
+        ImageFolder.discover(photos.root / "astronaut.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images in folder"):
+        ImageFolder.discover(tmp_path / "empty")

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from litesam_kernels.datasets import InputError
     from litesam_kernels.train.cache import CacheMismatchError
     from litesam_kernels.train.sources import SourceError
     from litesam_kernels.train.trainer import TrainError, TrainOptions, run
@@ -97,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = TrainOptions(**{k.replace("-", "_"): v for k, v in vars(args).items()})
     try:
         path = run(options)
-    except (TrainError, SourceError, CacheMismatchError) as exc:
+    except (TrainError, SourceError, InputError, CacheMismatchError) as exc:
         print(f"litesam-train: error: {exc}", file=sys.stderr)
         return 2
     print(f"checkpoint: {path}", file=sys.stderr)

@@ -1,12 +1,8 @@
-"""Where training data and teachers come from: image files, and SAM / SAM 2 teachers as their projects ship them.
+"""Teachers as their projects ship them: a segment_anything ``Sam`` or a sam2 ``SAM2Base`` from a checkpoint.
 
-This is the one module of ``litesam_kernels.train`` that overlaps with the ``litesam-segment`` CLI's helpers
-(image discovery and decoding, model building from checkpoints); it is kept small so the two can share one
-implementation.
+(Training images are found and decoded by :mod:`litesam_kernels.datasets`, as ``litesam-segment`` does:
+``litesam_kernels.train.data.ImageFolder``.)
 
-- :func:`find_images`: the images under a folder (recursive, sorted, so every rank of a torchrun job sees the
-  same list), as paths relative to it;
-- :func:`load_image`: one file -> (H, W, 3) uint8 RGB, upright (EXIF orientation applied);
 - :func:`build_sam`: a segment_anything ``Sam`` from ``sam_model_registry[model_type](checkpoint=...)``, or any
   builder ``module:function`` with that signature;
 - :func:`build_sam2`: a sam2 ``SAM2Base`` from a sam2 config name and an official-format
@@ -15,49 +11,11 @@ implementation.
 from __future__ import annotations
 
 import importlib
-import os
-from pathlib import Path
-from typing import Callable, List, Optional
-
-import numpy as np
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif")
+from typing import Callable, Optional
 
 
 class SourceError(ValueError):
-    """An image folder without images, an unreadable image, or a teacher that cannot be built."""
-
-
-def find_images(root) -> List[str]:
-    """Image files under ``root`` (any depth; hidden names skipped), as sorted POSIX paths relative to it."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SourceError(f"--images must be a folder of images, got {str(root)!r} (not a folder)")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
-    if not found:
-        raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {str(root)!r}")
-    return sorted(found)
-
-
-def load_image(path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file, EXIF orientation applied (grayscale/palette/alpha converted).
-
-    Raises:
-        SourceError: the file cannot be decoded (the message names it).
-    """
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return np.array(ImageOps.exif_transpose(opened).convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read image {str(path)!r}: {exc}") from exc
+    """A teacher that cannot be built (the message names the option and why)."""
 
 
 def _import_builder(spec: str) -> Callable:

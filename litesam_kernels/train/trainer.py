@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 
 from litesam_kernels.model import LiteSAM, LiteSAMConfig, build_litesam, get_config, load_state_dict_checked
 from litesam_kernels.model.litesam import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-from litesam_kernels.train import sources
 from litesam_kernels.train.cache import atomic_save
 from litesam_kernels.train.data import ImageFolder, StepBatches
 from litesam_kernels.train.dist import Distributed
@@ -216,7 +215,7 @@ class Trainer:
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        self.images = ImageFolder(options.images, sources.find_images(options.images))
+        self.images = ImageFolder.discover(options.images)
         self.model = self._build_model(resume_state).to(device)
         self.model.image_encoder.fused = options.encoder == "fused"
         teacher = TeacherLoader(self._teacher_spec(), device, self.model.config.image_size)
