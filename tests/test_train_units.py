@@ -352,7 +352,7 @@ class TestScheduleAndOptions:
 
     def test_defaults(self):
         options = self.resolved()
-        assert (options.lr, options.bn, options.precision, options.warmup_steps) == (1e-3, "train", "fp32", 0)
+        assert (options.lr, options.bn, options.precision, options.warmup_steps) == (1e-3, "sync", "fp32", 0)
         finetune = self.resolved(stage="finetune", steps=1000)
         assert (finetune.lr, finetune.bn, finetune.warmup_steps) == (1e-4, "frozen", 50)
         assert TrainOptions(stage="ppn", images="x", out="y", steps=5).resolved(torch.device("cuda")).precision == "bf16"
@@ -364,7 +364,7 @@ class TestScheduleAndOptions:
         ({"lr": float("nan")}, "--lr must be a finite number"),
         ({"min_lr_ratio": 2.0}, "--min-lr-ratio must be in"),
         ({"precision": "fp8"}, "--precision must be one of"),
-        ({"bn": "sync"}, "--bn must be one of"),
+        ({"bn": "global"}, "--bn must be one of sync, train, frozen"),
         ({"warmup_steps": -1}, "--warmup-steps must be >= 0"),
         ({"stop_after": 0}, "--stop-after must be a positive integer"),
         ({"num_workers": -2}, "--num-workers must be >= 0"),
@@ -473,3 +473,14 @@ def test_training_decodes_images_as_the_cli_does(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images in folder"):
         ImageFolder.discover(tmp_path / "empty")
+
+
+def test_bn_sync_with_the_eager_encoder_needs_cuda(tmp_path):
+    """nn.SyncBatchNorm (what --bn sync makes of the eager encoder's BatchNorms) refuses CPU tensors under
+    torchrun: the run says so before it starts, and what to use instead."""
+    from litesam_kernels.train.dist import Distributed
+    from litesam_kernels.train.trainer import Trainer
+
+    options = TrainOptions(stage="distill", images=str(tmp_path), out=str(tmp_path / "run"), steps=1, encoder="eager")
+    with pytest.raises(TrainError, match="--bn sync with --encoder eager needs CUDA.*fused encoder.*--bn train"):
+        Trainer(options, Distributed(rank=0, world_size=2), torch.device("cpu"))

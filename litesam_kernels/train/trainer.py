@@ -7,7 +7,9 @@
   ``min_lr_ratio * lr`` (per optimizer step), gradient accumulation, gradient-norm clipping, autocast
   (bf16 by default on CUDA; fp16 with a GradScaler), optional ``torch.compile`` of the objective;
 - torchrun: one process per GPU (CPU: gloo), DistributedDataParallel, ``--batch-size`` per process, disjoint
-  samples per rank (``data.StepBatches``), rank 0 logs and checkpoints;
+  samples per rank (``data.StepBatches``), rank 0 logs and checkpoints; with ``--bn sync`` (distillation's
+  default) BatchNorm normalises by the statistics of all ranks' micro-batches together, so N processes take
+  the steps of one process with N times the batch size (``--bn train``: each rank's own statistics);
 - checkpoints: ``RUN_DIR/checkpoint.pt`` every ``--save-every`` steps, at the end and when stopped (SIGTERM
   or ``--stop-after``), written atomically. It is a ``LiteSAM.save`` checkpoint (``LiteSAM.load`` reads it)
   with one more entry, ``training``: step, options, optimizer, scheduler, grad scaler and RNG states. The
@@ -40,7 +42,7 @@ from litesam_kernels.train.data import ImageFolder, StepBatches
 from litesam_kernels.train.dist import Distributed
 from litesam_kernels.train.prepare import TeacherLoader
 from litesam_kernels.train.runlog import Progress, RunLog
-from litesam_kernels.train.stages import STAGES, StageContext, copy_teacher_decoder
+from litesam_kernels.train.stages import BN_MODES, STAGES, StageContext, copy_teacher_decoder, synchronise_batch_norms
 from litesam_kernels.train.teacher import TeacherSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -134,7 +136,7 @@ class TrainOptions:
             raise TrainError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise TrainError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        for name, allowed in (("precision", PRECISIONS), ("bn", ("train", "frozen")), ("encoder", ("fused", "eager"))):
+        for name, allowed in (("precision", PRECISIONS), ("bn", BN_MODES), ("encoder", ("fused", "eager"))):
             if getattr(self, name) not in allowed:
                 raise TrainError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.num_workers < 0:
@@ -208,6 +210,9 @@ class Trainer:
         self.dist, self.device = dist, device
         self.options = options = options.resolved(device)
         options.check()
+        if options.bn == "sync" and options.encoder == "eager" and dist.active and device.type != "cuda":
+            raise TrainError("--bn sync with --encoder eager needs CUDA (nn.SyncBatchNorm's own forward is GPU-only): "
+                             "use the fused encoder (the default) or --bn train")
         self.stage = STAGES[options.stage]
         self.out = Path(options.out)
         self.checkpoint_path = self.out / CHECKPOINT
@@ -218,6 +223,8 @@ class Trainer:
         self.images = ImageFolder.discover(options.images)
         self.model = self._build_model(resume_state).to(device)
         self.model.image_encoder.fused = options.encoder == "fused"
+        if options.bn == "sync":
+            synchronise_batch_norms(self.model)
         teacher = TeacherLoader(self._teacher_spec(), device, self.model.config.image_size)
         if resume_state is None and options.init is None:
             if options.stage != "distill" and dist.is_main:
