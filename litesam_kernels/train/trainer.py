@@ -12,9 +12,9 @@
   the steps of one process with N times the batch size (``--bn train``: each rank's own statistics);
 - checkpoints: ``RUN_DIR/checkpoint.pt`` every ``--save-every`` steps, at the end and when stopped (SIGTERM
   or ``--stop-after``), written atomically. It is a ``LiteSAM.save`` checkpoint (``LiteSAM.load`` reads it)
-  with one more entry, ``training``: step, options, optimizer, scheduler, grad scaler and RNG states. The
-  data position is the step itself (``data``), so ``--resume`` continues exactly: the resumed run's
-  parameters equal the uninterrupted run's.
+  with one more entry, ``LiteSAM.save(file, extra={"training": ...})``: step, options, optimizer,
+  scheduler, grad scaler and RNG states. The data position is the step itself (``data``), so ``--resume``
+  continues exactly: the resumed run's parameters equal the uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -36,14 +36,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from litesam_kernels.model import LiteSAM, LiteSAMConfig, build_litesam, get_config, load_state_dict_checked
-from litesam_kernels.model.litesam import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-from litesam_kernels.train.cache import atomic_save
 from litesam_kernels.train.data import ImageFolder, StepBatches
 from litesam_kernels.train.dist import Distributed
 from litesam_kernels.train.prepare import TeacherLoader
 from litesam_kernels.train.runlog import Progress, RunLog
 from litesam_kernels.train.stages import BN_MODES, STAGES, StageContext, copy_teacher_decoder, synchronise_batch_norms
 from litesam_kernels.train.teacher import TeacherSpec
+from litesam_kernels.writers import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -325,15 +324,10 @@ class Trainer:
     def save(self) -> None:
         rng = self.dist.gather(_rng_state())
         if self.dist.is_main:
-            payload = {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.model.config.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "training": {"stage": self.stage.name, "step": self.step, "options": self.options.to_dict(),
-                             "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
-                             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                             "rng": rng},
-            }
-            atomic_save(payload, self.checkpoint_path)
+            training = {"stage": self.stage.name, "step": self.step, "options": self.options.to_dict(),
+                        "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng}
+            atomic_write(self.checkpoint_path, lambda file: self.model.save(file, extra={"training": training}))
         self.dist.barrier()
 
     # ------------------------------------------------------------------------------------ loop
