@@ -92,15 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from litesam_kernels.datasets import InputError
+    from litesam_kernels.segmenters import ModelLoadError
     from litesam_kernels.train.cache import CacheMismatchError
-    from litesam_kernels.train.sources import SourceError
     from litesam_kernels.train.trainer import TrainError, TrainOptions, run
 
     args = build_parser().parse_args(argv)
     options = TrainOptions(**{k.replace("-", "_"): v for k, v in vars(args).items()})
     try:
         path = run(options)
-    except (TrainError, SourceError, InputError, CacheMismatchError) as exc:
+    except (TrainError, ModelLoadError, InputError, CacheMismatchError) as exc:
         print(f"litesam-train: error: {exc}", file=sys.stderr)
         return 2
     print(f"checkpoint: {path}", file=sys.stderr)

@@ -41,11 +41,10 @@ from litesam_kernels.train.dist import Distributed
 from litesam_kernels.train.prepare import TeacherLoader
 from litesam_kernels.train.runlog import Progress, RunLog
 from litesam_kernels.train.stages import BN_MODES, STAGES, StageContext, copy_teacher_decoder, synchronise_batch_norms
-from litesam_kernels.train.teacher import TeacherSpec
+from litesam_kernels.train.teacher import PRECISIONS, TeacherSpec
 from litesam_kernels.writers import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Options that define the run's trajectory: a resumed run must use the same ones.
 TRAJECTORY = ("stage", "steps", "batch_size", "accum_steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
               "clip_grad", "seed", "views", "augment", "prompts_per_image", "bn", "precision", "encoder", "max_masks",
@@ -149,7 +148,7 @@ def run(options: TrainOptions) -> Path:
     """Train one stage; returns the path of the final checkpoint (``RUN_DIR/checkpoint.pt``)."""
     dist = Distributed.from_environment()
     device = dist.device(options.device)
-    dist.start(device)
+    dist.join(device)
     try:
         return Trainer(options, dist, device).fit()
     finally:
@@ -322,7 +321,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        rng = self.dist.gather(_rng_state())
+        rng = self.dist.all_gather(_rng_state())
         if self.dist.is_main:
             training = {"stage": self.stage.name, "step": self.step, "options": self.options.to_dict(),
                         "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
