@@ -1,4 +1,4 @@
-"""litesam-train and litesam-eval end to end on CPU: a tiny random-weight SAM teacher (tests/_teachers.py), four
+"""litesam-train and litesam-eval end to end on CPU: a tiny random-weight SAM teacher (tests/_checkpoints.py), four
 scikit-image photos, the ``tiny`` student at 128 px; every stage, exact resume, torchrun, bf16, torch.compile,
 a SAM 2 teacher, evaluation.
 
@@ -25,7 +25,7 @@ from litesam_kernels.train.cli import main as train_main  # noqa: E402
 from litesam_kernels.datasets import load_image  # noqa: E402
 from litesam_kernels.train.data import ImageFolder  # noqa: E402
 from litesam_kernels.train.trainer import training_state  # noqa: E402
-from tests import _teachers  # noqa: E402
+from tests import _checkpoints, _teachers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "immunohistochemistry")
@@ -40,7 +40,7 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.images = _teachers.photo_folder(root / "photos", PHOTOS)
-        self.sam = _teachers.tiny_sam_checkpoint(root / "sam.pt")
+        self.sam = _checkpoints.tiny_sam_checkpoint(root / "sam.pt")
         self.student = _teachers.config_file(root / "student.json", _teachers.TINY_SAM_STUDENT)
         self.cache = root / "cache"
 
@@ -49,7 +49,7 @@ class Workspace:
                 "--cache-dir", str(self.cache), "--num-workers", "0", "--no-progress", "--log-every", "1",
                 "--batch-size", "2", *GENERATOR, *extra]
         if teacher:
-            argv += ["--teacher", "sam", "--teacher-type", "tests._teachers:build_tiny_sam",
+            argv += ["--teacher", "sam", "--teacher-type", "tests._checkpoints:build_tiny_sam",
                      "--teacher-checkpoint", str(self.sam)]
         return argv
 
@@ -107,7 +107,7 @@ def test_distill_loss_falls_and_checkpoint_loads(work, distilled):
     assert set(rows[0]) >= {"step", "loss", "mse", "lr", "grad_norm", "images_per_s"}
     model = LiteSAM.load(work.checkpoint("distill"))
     assert model.config == _teachers.TINY_SAM_STUDENT
-    teacher = _teachers.build_tiny_sam(work.sam)
+    teacher = _checkpoints.build_tiny_sam(work.sam)
     assert torch.equal(model.mask_decoder.iou_token.weight, teacher.mask_decoder.iou_token.weight)  # copied
     state = training_state(work.checkpoint("distill"))
     assert state["stage"] == "distill" and state["step"] == STEPS
@@ -296,10 +296,10 @@ def test_eager_encoder_matches_the_fused_one(work, two_fused_steps):
 def train_with_sam2(work, tmp_path, stage, out):
     """``stage`` for 2 steps from a random sam2.1 hiera-tiny at 128 px, into a 256-channel student."""
     pytest.importorskip("sam2")
-    checkpoint = _teachers.tiny_sam2_checkpoint(tmp_path / "sam2.pt")
+    checkpoint = _checkpoints.tiny_sam2_checkpoint(tmp_path / "sam2.pt")
     config = _teachers.config_file(tmp_path / "student256.json", _teachers.SAM2_STUDENT)
     argv = work.args(stage, out, 2, "--config", str(config), "--cache-dir", str(tmp_path / "cache"), teacher=False)
-    argv += ["--teacher", "sam2", "--teacher-config", _teachers.SAM2_CONFIG, "--teacher-checkpoint", str(checkpoint)]
+    argv += ["--teacher", "sam2", "--teacher-config", _checkpoints.SAM2_CONFIG, "--teacher-checkpoint", str(checkpoint)]
     assert train_main(argv) == 0
     assert np.isfinite(losses(work.root / out)).all()
 
@@ -353,7 +353,8 @@ def test_eval_against_the_teacher_masks_and_coco(work, finetuned, tmp_path, caps
     annotations = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "object"}]}
     from pycocotools import mask as mask_utils
 
-    for image_id, name in enumerate(ImageFolder.discover(work.images).names, start=1):  # relative paths, one in a subfolder
+    names = ImageFolder.discover(work.images).names
+    for image_id, name in enumerate(names, start=1):  # relative paths, one in a subfolder
         image = load_image(work.images / name)
         annotations["images"].append({"id": image_id, "file_name": name, "height": image.shape[0],
                                       "width": image.shape[1]})

@@ -484,3 +484,50 @@ def test_bn_sync_with_the_eager_encoder_needs_cuda(tmp_path):
     options = TrainOptions(stage="distill", images=str(tmp_path), out=str(tmp_path / "run"), steps=1, encoder="eager")
     with pytest.raises(TrainError, match="--bn sync with --encoder eager needs CUDA.*fused encoder.*--bn train"):
         Trainer(options, Distributed(rank=0, world_size=2), torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------- teachers
+def test_teachers_are_built_as_the_cli_builds_its_models(tmp_path):
+    """segmenters.load_model builds the teachers; its messages name litesam-train's --teacher-* options."""
+    from litesam_kernels.segmenters import ModelLoadError
+    from litesam_kernels.train.teacher import Teacher, TeacherSpec
+    from tests import _checkpoints
+
+    sam = _checkpoints.tiny_sam_checkpoint(tmp_path / "sam.pt")
+    teacher = Teacher(TeacherSpec("sam", str(sam), model_type="tests._checkpoints:build_tiny_sam"), "cpu")
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
+    with pytest.raises(ModelLoadError, match="unknown --teacher-type 'vit_q': SAM's are"):
+        Teacher(TeacherSpec("sam", str(sam), model_type="vit_q"), "cpu")
+    with pytest.raises(ModelLoadError, match="cannot import the --teacher-type builder 'tests._checkpoints:nothing'"):
+        Teacher(TeacherSpec("sam", str(sam), model_type="tests._checkpoints:nothing"), "cpu")
+    pytest.importorskip("sam2")
+    sam2 = _checkpoints.tiny_sam2_checkpoint(tmp_path / "sam2.pt")
+    with pytest.raises(ModelLoadError, match="It looks like a SAM 2 checkpoint: use --teacher sam2 with the "
+                                             "--teacher-config it was made with"):
+        Teacher(TeacherSpec("sam", str(sam2), model_type="vit_b"), "cpu")
+    with pytest.raises(ValueError, match="--teacher sam2 needs --teacher-config .*'sam2.pt' is no official"):
+        TeacherSpec("sam2", str(sam2))
+    official = tmp_path / "sam2.1_hiera_tiny.pt"
+    official.write_bytes(sam2.read_bytes())
+    assert TeacherSpec("sam2", str(official)).config == "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+def test_sam2_teacher_embedding_is_the_drop_ins_image_embedding(tmp_path):
+    """On a square image at the teacher's input size (where SAM2ImagePredictor's squash is the identity), the
+    teacher's embedding of the rendered view is the image_embed that FastSAM2AutomaticMaskGenerator's adapter
+    computes (measured over 3 images: max |diff| 2.6e-6 of values up to 2.9; the 0..255 and 0..1 normalisations
+    round differently)."""
+    pytest.importorskip("sam2")
+    from litesam_kernels.engine.adapters import Sam2Adapter
+    from litesam_kernels.train.teacher import Teacher, TeacherSpec
+    from tests import _checkpoints
+
+    checkpoint = _checkpoints.tiny_sam2_checkpoint(tmp_path / "sam2.pt")
+    teacher = Teacher(TeacherSpec("sam2", str(checkpoint), config=_checkpoints.SAM2_CONFIG), "cpu", image_size=128)
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    pixels, size = render_image(image, View.identity(128, 128), 128)
+    got = teacher.embed(pixels[None], torch.tensor([size]))
+    with torch.no_grad():
+        want = Sam2Adapter(teacher.model).encode([image])[0].features[0]
+    assert got.shape == want.shape == (1, 256, 8, 8)
+    torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
