@@ -78,14 +78,21 @@ class DistributedContext:
         return self.rank == 0
 
     def __enter__(self) -> "DistributedContext":
+        self.start("gloo", GATHER_TIMEOUT)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self, backend: str, timeout: timedelta) -> None:
+        """Join the job's process group (``backend``: "gloo", "nccl"), unless there is no job or it is joined."""
         if self.active:
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=GATHER_TIMEOUT)
-        return self
+                dist.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=timeout)
 
-    def __exit__(self, *exc_info) -> None:
+    def stop(self) -> None:
         if self.active:
             import torch.distributed as dist
 

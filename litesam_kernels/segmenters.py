@@ -50,6 +50,21 @@ class ModelLoadError(ValueError):
     """A model cannot be built or a checkpoint does not fit it (the message says which and why)."""
 
 
+@dataclass(frozen=True)
+class OptionNames:
+    """How a command line spells the model options, for the messages of :func:`load_model`
+    (``litesam-segment``'s by default; ``litesam-train`` names its teacher's ``--teacher-*``)."""
+
+    model: str = "--model"
+    model_type: str = "--model-type"
+    checkpoint: str = "--checkpoint"
+    config: str = "--config"
+    litesam_hint: str = "use --model litesam"  # what to do with a Lite-SAM checkpoint given as another model
+
+
+CLI_OPTIONS = OptionNames()
+
+
 # ------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
 class GeneratorOption:
@@ -188,46 +203,56 @@ def check_checkpoint_file(spec: SegmenterSpec) -> None:
         raise ModelLoadError(f"no such checkpoint file: {spec.checkpoint!r}")
 
 
-def load_model(spec: SegmenterSpec):
-    """The spec's model, in eval mode, on its device and in its dtype."""
+def load_model(spec: SegmenterSpec, *, image_size: Optional[int] = None, names: OptionNames = CLI_OPTIONS):
+    """The spec's model, in eval mode, on its device and in its dtype. ``image_size``: SAM 2's input size
+    instead of its config's (Hiera interpolates its position embeddings: any multiple of 16); ``names``: the
+    option names the error messages use.
+
+    Raises:
+        ModelLoadError: the model cannot be built or the checkpoint does not fit it.
+    """
     import torch
 
     check_checkpoint_file(spec)
-    loader = {"sam": _load_sam, "sam2": _load_sam2, "litesam": _load_litesam}[spec.model]
-    model = loader(spec)
+    if spec.model == "sam2":
+        model = _load_sam2(spec, names, image_size)
+    else:
+        model = {"sam": _load_sam, "litesam": _load_litesam}[spec.model](spec, names)
     device = spec.device
     if device == "auto":  # resolved where the model runs (a Ray actor sees its own GPU)
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device=device, dtype=spec.torch_dtype).eval()
 
 
-def _load_sam(spec: SegmenterSpec):
-    registry = require("segment_anything", "--model sam").sam_model_registry
+def _load_sam(spec: SegmenterSpec, names: OptionNames):
+    registry = require("segment_anything", f"{names.model} sam").sam_model_registry
     if ":" in spec.model_type:
-        builder = _import_builder(spec.model_type)
+        builder = _import_builder(spec.model_type, names)
     elif spec.model_type in registry:
         builder = registry[spec.model_type]
     else:
-        raise ModelLoadError(f"unknown --model-type {spec.model_type!r}: SAM's are {', '.join(registry)} "
+        raise ModelLoadError(f"unknown {names.model_type} {spec.model_type!r}: SAM's are {', '.join(registry)} "
                              f"(or give a builder as module:function)")
     if spec.checkpoint is None:
-        raise ModelLoadError("--model sam needs --checkpoint (e.g. sam_vit_h_4b8939.pth from segment-anything)")
+        raise ModelLoadError(f"{names.model} sam needs {names.checkpoint} (e.g. sam_vit_h_4b8939.pth from "
+                             f"segment-anything)")
     try:
         return builder(checkpoint=spec.checkpoint)
     except Exception as exc:  # noqa: BLE001  (whatever the builder raises, the user needs the why and a hint)
-        raise _checkpoint_error(f"a SAM checkpoint for --model-type {spec.model_type}", spec, exc) from exc
+        raise _checkpoint_error(f"a SAM checkpoint for {names.model_type} {spec.model_type}", spec, exc,
+                                names) from exc
 
 
-def _import_builder(spec: str) -> Callable:
+def _import_builder(spec: str, names: OptionNames) -> Callable:
     import importlib
 
     module_name, _, attribute = spec.partition(":")
     try:
         builder = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import the --model-type builder {spec!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot import the {names.model_type} builder {spec!r}: {exc}") from exc
     if not callable(builder):
-        raise ModelLoadError(f"--model-type builder {spec!r} is not callable")
+        raise ModelLoadError(f"{names.model_type} builder {spec!r} is not callable")
     return builder
 
 
@@ -239,27 +264,30 @@ def sam2_config_for(checkpoint: str) -> Optional[str]:
     return names.get(os.path.basename(checkpoint))
 
 
-def _load_sam2(spec: SegmenterSpec):
-    require("sam2", "--model sam2")
-    omegaconf = require("omegaconf", "--model sam2")
+def _load_sam2(spec: SegmenterSpec, names: OptionNames, image_size: Optional[int] = None):
+    require("sam2", f"{names.model} sam2")
+    omegaconf = require("omegaconf", f"{names.model} sam2")
     from hydra import compose
     from hydra.utils import instantiate
 
     if spec.checkpoint is None:
-        raise ModelLoadError("--model sam2 needs --checkpoint (e.g. sam2.1_hiera_large.pt from sam2)")
+        raise ModelLoadError(f"{names.model} sam2 needs {names.checkpoint} (e.g. sam2.1_hiera_large.pt from sam2)")
     config = spec.config or sam2_config_for(spec.checkpoint)
     if config is None:
-        raise ModelLoadError("--model sam2 needs --config: the sam2 config the checkpoint was made with "
-                             "(e.g. configs/sam2.1/sam2.1_hiera_l.yaml) or a YAML file")
+        raise ModelLoadError(f"{names.model} sam2 needs {names.config}: the sam2 config the checkpoint was made "
+                             f"with (e.g. configs/sam2.1/sam2.1_hiera_l.yaml) or a YAML file")
     if os.path.isfile(config):
         cfg = omegaconf.OmegaConf.load(config)
     else:
         try:
             cfg = compose(config_name=config)
         except Exception as exc:  # noqa: BLE001  (hydra's MissingConfigException and friends)
-            raise ModelLoadError(f"--config {config!r} is neither a YAML file nor a sam2 config "
+            raise ModelLoadError(f"{names.config} {config!r} is neither a YAML file nor a sam2 config "
                                  f"(e.g. configs/sam2.1/sam2.1_hiera_t.yaml): {_one_line(exc)}") from exc
-    for key, value in SAM2_POSTPROCESSING.items():
+    overrides = dict(SAM2_POSTPROCESSING)
+    if image_size is not None:
+        overrides["model.image_size"] = int(image_size)
+    for key, value in overrides.items():
         omegaconf.OmegaConf.update(cfg, key, value, force_add=True)
     omegaconf.OmegaConf.resolve(cfg)
     model = instantiate(cfg.model, _recursive_=True)
@@ -271,11 +299,11 @@ def _load_sam2(spec: SegmenterSpec):
             raise ModelLoadError("not in SAM 2's checkpoint format (a dict with 'model': state_dict)")
         model.load_state_dict(checkpoint["model"])
     except Exception as exc:  # noqa: BLE001
-        raise _checkpoint_error(f"a SAM 2 checkpoint for --config {config}", spec, exc) from exc
+        raise _checkpoint_error(f"a SAM 2 checkpoint for {names.config} {config}", spec, exc, names) from exc
     return model
 
 
-def _load_litesam(spec: SegmenterSpec):
+def _load_litesam(spec: SegmenterSpec, names: OptionNames):
     from litesam_kernels.model import LiteSAM, build_litesam
 
     if spec.checkpoint is None:
@@ -285,13 +313,13 @@ def _load_litesam(spec: SegmenterSpec):
         try:
             model = build_litesam(spec.config or "litesam")
         except (KeyError, ValueError) as exc:
-            raise ModelLoadError(f"--config {spec.config!r} is not a Lite-SAM config: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"{names.config} {spec.config!r} is not a Lite-SAM config: {_one_line(exc)}") from exc
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
         return model
     try:
         return build_litesam(spec.config, checkpoint=spec.checkpoint) if spec.config else LiteSAM.load(spec.checkpoint)
     except Exception as exc:  # noqa: BLE001
-        raise _checkpoint_error("a Lite-SAM checkpoint", spec, exc) from exc
+        raise _checkpoint_error("a Lite-SAM checkpoint", spec, exc, names) from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -300,13 +328,14 @@ def _one_line(exc: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-def _checkpoint_error(expected: str, spec: SegmenterSpec, exc: BaseException) -> ModelLoadError:
-    hint = describe_checkpoint(spec.checkpoint)
+def _checkpoint_error(expected: str, spec: SegmenterSpec, exc: BaseException,
+                      names: OptionNames = CLI_OPTIONS) -> ModelLoadError:
+    hint = describe_checkpoint(spec.checkpoint, names)
     message = f"cannot load {spec.checkpoint!r} as {expected}: {_one_line(exc)}"
     return ModelLoadError(message + (f". It looks like {hint}." if hint else ""))
 
 
-def describe_checkpoint(path: str) -> Optional[str]:
+def describe_checkpoint(path: str, names: OptionNames = CLI_OPTIONS) -> Optional[str]:
     """What a checkpoint file seems to hold, with the options that load it (for error messages)."""
     import torch
 
@@ -319,19 +348,19 @@ def describe_checkpoint(path: str) -> Optional[str]:
     from litesam_kernels.model.litesam import CHECKPOINT_FORMAT
 
     if checkpoint.get("format") == CHECKPOINT_FORMAT:
-        return "a Lite-SAM checkpoint: use --model litesam"
+        return f"a Lite-SAM checkpoint: {names.litesam_hint}"
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict):
         return None
     if any(str(k).startswith("image_encoder.trunk.") for k in state):
-        return "a SAM 2 checkpoint: use --model sam2 with the --config it was made with"
+        return f"a SAM 2 checkpoint: use {names.model} sam2 with the {names.config} it was made with"
     width = state.get("image_encoder.patch_embed.proj.weight")
     if isinstance(width, torch.Tensor):
         model_type = SAM_CHECKPOINT_WIDTHS.get(int(width.shape[0]))
         if model_type:
-            return f"a SAM {model_type} checkpoint: use --model sam --model-type {model_type}"
+            return f"a SAM {model_type} checkpoint: use {names.model} sam {names.model_type} {model_type}"
         return (f"a SAM checkpoint with a ViT of width {int(width.shape[0])}, not one of SAM's registry models: "
-                f"use --model sam --model-type module:function (its builder)")
+                f"use {names.model} sam {names.model_type} module:function (its builder)")
     return None
 
 

@@ -1,11 +1,15 @@
-"""Tiny SAM, SAM 2 and Lite-SAM checkpoints for the CLI tests, written the way each family ships its own.
+"""Tiny SAM, SAM 2 and Lite-SAM checkpoints for the CLI and training tests (the teachers), written the way each
+family ships its own.
 
 - SAM: a state_dict file of :func:`tests.tiny_sam.tiny_sam` (segment_anything's modules, 128 px input);
   the CLI loads it with ``--model-type tests._checkpoints:build_tiny_sam`` (a builder with the signature
   of segment_anything's ``sam_model_registry`` entries), since no registry architecture is small enough
   to run on a CPU in a test.
 - SAM 2: ``{"model": state_dict}`` of sam2.1 hiera-tiny (random weights; its decoder scaled as
-  research/env.md says so that masks depend on the prompt), with sam2's own config name.
+  research/env.md says so that masks depend on the prompt), with sam2's own config name. (The SAM 2
+  drop-in tests' ``tests._sam2_oracle.tiny_sam2`` is another model on purpose: its decoder is set so that
+  masks follow the photo and every filter decides something, including empty masks with NaN stability
+  scores, which the CLI's JSON writes as null.)
 - Lite-SAM: ``LiteSAM.save`` of ``build_litesam("tiny")``.
 """
 from __future__ import annotations

@@ -14,7 +14,8 @@ SIDE = 96
 EXIF_ORIENTATION = 0x0112
 
 
-def _small(image: np.ndarray, side: int = SIDE) -> np.ndarray:
+def downscaled(image: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """``image`` with its longer side at most ``side`` (PIL's bilinear thumbnail)."""
     from PIL import Image
 
     pil = Image.fromarray(image)
@@ -41,29 +42,29 @@ def photo_folder(root: Path, *, subfolder: bool = True) -> PhotoFolder:
     root.mkdir(parents=True, exist_ok=True)
     folder = PhotoFolder(root)
 
-    astronaut = _small(data.astronaut())
+    astronaut = downscaled(data.astronaut())
     Image.fromarray(astronaut).save(root / "astronaut.png")
     folder.upright["astronaut.png"] = astronaut
 
-    coffee = _small(data.coffee())
+    coffee = downscaled(data.coffee())
     Image.fromarray(coffee).save(root / "coffee.jpg", quality=95)
     with Image.open(root / "coffee.jpg") as jpeg:
         folder.upright["coffee.jpg"] = np.array(jpeg.convert("RGB"))
 
-    camera = _small(data.camera())  # grayscale: channels replicated
+    camera = downscaled(data.camera())  # grayscale: channels replicated
     Image.fromarray(camera).save(root / "camera.png")
     folder.upright["camera.png"] = np.repeat(camera[..., None], 3, axis=2)
 
-    logo = _small(data.logo())  # RGBA: alpha dropped
+    logo = downscaled(data.logo())  # RGBA: alpha dropped
     Image.fromarray(logo).save(root / "logo.png")
     folder.upright["logo.png"] = logo[..., :3]
 
-    moon16 = _small(data.moon()).astype(np.uint16) * 256 + 64  # 16-bit: scaled back by 255/65535
+    moon16 = downscaled(data.moon()).astype(np.uint16) * 256 + 64  # 16-bit: scaled back by 255/65535
     Image.fromarray(moon16).save(root / "moon16.png")
     folder.upright["moon16.png"] = np.repeat(np.round(moon16 * (255 / 65535)).astype(np.uint8)[..., None], 3, 2)
 
     # A phone photo: pixels stored sideways, EXIF orientation 6 ("rotate 90 degrees clockwise to view").
-    rocket = _small(data.rocket())
+    rocket = downscaled(data.rocket())
     stored = Image.fromarray(rocket).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
@@ -75,7 +76,7 @@ def photo_folder(root: Path, *, subfolder: bool = True) -> PhotoFolder:
 
     if subfolder:
         (root / "more").mkdir()
-        chelsea = _small(data.chelsea())
+        chelsea = downscaled(data.chelsea())
         Image.fromarray(chelsea).save(root / "more" / "chelsea.png")
         folder.upright["more/chelsea.png"] = chelsea
 

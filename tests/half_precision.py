@@ -1,5 +1,6 @@
-"""Half-precision checks shared by the dense-op tests: the error metric of the measured tolerances and the
-float64 oracle inputs (the same values the 16-bit run sees, upcast)."""
+"""Half-precision checks shared by the dense-op tests (conv_block, conv_mlp, attention, layer_norm, pool_mixer):
+the error metric of the measured tolerances and the float64 oracle inputs (the same values the 16-bit run
+sees, upcast). (Records of whole pipelines are compared by ``tests/_half.py``.)"""
 import torch
 
 

@@ -16,7 +16,7 @@ from litesam_kernels.model.litevit_fused import Folds
 from litesam_kernels.ops.attention import (_attention_projected_reference, _attention_reference,
                                            _kv_pool_backward_reference, _kv_pool_reference, kv_pool2d,
                                            multi_head_attention, multi_head_attention_projected, pooled_kv_attention)
-from tests.dense_checks import assert_close_scaled, float64_copies
+from tests.half_precision import assert_close_scaled, float64_copies
 from tests.helpers import runnable_backends
 
 ATTN = _backend.implementations("multi_head_attention")

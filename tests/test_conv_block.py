@@ -160,6 +160,26 @@ class TestTritonKernels:
         assert triton_conv_block.wgrad_programs((64, 1024, 1024, 64), 4) == (triton_conv_block.WGRAD_PARTIALS,
                                                                            64 * 1024 * 256)
 
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("activation,residual", [("gelu", True), ("none", False)])  # the model's two uses
+    def test_every_launch_has_an_aot_entry(self, monkeypatch, dtype, activation, residual):
+        """What a GPU compiles for the forward and backward launches (pointer dtypes, K, ACT, RESIDUAL) is among
+        AOT_KERNELS, so CI compiles and the static report reads it: without an activation the backward's
+        pre-activation gradient is the output's, in x's dtype (a 16-bit ``gu_ptr``)."""
+        launched = []
+        for name in ("_dwconv_fwd_kernel", "_dwconv_grad_pre_kernel", "_dwconv_dx_kernel", "_dwconv_wgrad_kernel"):
+            monkeypatch.setattr(triton_conv_block, name, _LaunchRecorder(getattr(triton_conv_block, name), launched))
+        x, w, b = _inputs((1, 3, 20, 8), 3, dtype)
+        taps = w.reshape(8, 9).t().contiguous()
+        act = activation == "gelu"
+        triton_conv_block.dwconv_forward(x, taps, b, 3, act, residual)
+        triton_conv_block.dwconv_backward(torch.randn_like(x), x, taps, b, 3, act, residual)
+        compiled = {_launch_key(kernel.__name__, [v for v in signature.values() if v.startswith("*")], constexprs)
+                    for kernel, signature, constexprs, _ in triton_conv_block.AOT_KERNELS}
+        assert len(launched) == (4 if act else 3)
+        for launch in launched:
+            assert launch in compiled, launch
+
     def test_launch_limits(self):
         with pytest.raises(ValueError, match="row tiles"):
             triton_conv_block.wgrad_programs((2**16, 2**14, 16, 8), 4)
@@ -174,3 +194,26 @@ def test_triton_on_gpu(dtype, k, shape):
     x, w, b = _inputs(shape, k, dtype)
     check_triton_on_gpu(lambda *t: dwconv_act(*t, "gelu", True), lambda *t: _dwconv_reference(*t, "gelu", True),
                         [x, w, b], dtype)
+
+
+_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def _launch_key(kernel_name, pointers, constexprs):
+    """A launch as the AOT entries name it: the kernel, its pointers' dtypes in order, the specialising flags."""
+    flags = tuple((name, constexprs[name]) for name in ("K", "ACT", "RESIDUAL") if name in constexprs)
+    return kernel_name, tuple(p.split(":")[0] for p in pointers), flags
+
+
+class _LaunchRecorder:
+    """``kernel[grid](...)`` that records the launch's :func:`_launch_key` before running it."""
+
+    def __init__(self, kernel, launched):
+        self.kernel, self.launched, self.__name__ = kernel, launched, kernel.__name__
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            pointers = ["*" + _TRITON_DTYPES[a.dtype] for a in args if isinstance(a, torch.Tensor)]
+            self.launched.append(_launch_key(self.__name__, pointers, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch

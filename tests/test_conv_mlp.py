@@ -10,7 +10,7 @@ from litesam_kernels import _backend
 from litesam_kernels.model.litevit import AttentionBlock, ConvMLP
 from litesam_kernels.ops.conv_mlp import _conv_mlp_reference, conv_mlp, fold_batchnorm_into_linear
 from litesam_kernels.ops.layer_norm import layer_norm2d
-from tests.dense_checks import assert_close_scaled, float64_copies
+from tests.half_precision import assert_close_scaled, float64_copies
 from tests.helpers import runnable_backends
 
 OP = _backend.implementations("conv_mlp")

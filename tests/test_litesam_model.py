@@ -208,6 +208,25 @@ class TestLiteSAM:
             assert torch.equal(value, loaded.state_dict()[key]), key
         assert build_litesam("tiny", checkpoint=str(path), decoder_depth=2).config == model.config
 
+    def test_checkpoint_with_extra_entries(self, tmp_path):
+        """``save(f, extra=...)``: what litesam-train adds (its ``training`` state) rides along, to a path or a
+        file object; ``load`` ignores it; the checkpoint's own entries cannot be replaced."""
+        from litesam_kernels.model import LiteSAM, build_litesam
+
+        model = build_litesam("tiny")
+        path = tmp_path / "model.pt"
+        with open(path, "wb") as file:
+            model.save(file, extra={"training": {"step": 3, "rng": b"state"}})
+        stored = torch.load(path, weights_only=True)
+        assert stored["training"] == {"step": 3, "rng": b"state"}
+        assert stored.keys() == {"format", "version", "config", "state_dict", "training"}
+        assert stored.keys() - {"training"} == model.checkpoint_payload().keys()
+        assert LiteSAM.load(path).config == model.config
+        with pytest.raises(ValueError, match="must not replace the checkpoint's own entries, got config, format"):
+            model.save(path, extra={"format": "mine", "config": {}})
+        with pytest.raises(ValueError, match="extra must be a dict"):
+            model.checkpoint_payload(extra=[("training", 1)])
+
     def test_wrong_shape_checkpoint_names_the_tensor(self, tmp_path):
         from litesam_kernels.model import CheckpointError, LiteSAM, build_litesam
 

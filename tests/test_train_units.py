@@ -352,7 +352,7 @@ class TestScheduleAndOptions:
 
     def test_defaults(self):
         options = self.resolved()
-        assert (options.lr, options.bn, options.precision, options.warmup_steps) == (1e-3, "train", "fp32", 0)
+        assert (options.lr, options.bn, options.precision, options.warmup_steps) == (1e-3, "sync", "fp32", 0)
         finetune = self.resolved(stage="finetune", steps=1000)
         assert (finetune.lr, finetune.bn, finetune.warmup_steps) == (1e-4, "frozen", 50)
         assert TrainOptions(stage="ppn", images="x", out="y", steps=5).resolved(torch.device("cuda")).precision == "bf16"
@@ -364,7 +364,7 @@ class TestScheduleAndOptions:
         ({"lr": float("nan")}, "--lr must be a finite number"),
         ({"min_lr_ratio": 2.0}, "--min-lr-ratio must be in"),
         ({"precision": "fp8"}, "--precision must be one of"),
-        ({"bn": "sync"}, "--bn must be one of"),
+        ({"bn": "global"}, "--bn must be one of sync, train, frozen"),
         ({"warmup_steps": -1}, "--warmup-steps must be >= 0"),
         ({"stop_after": 0}, "--stop-after must be a positive integer"),
         ({"num_workers": -2}, "--num-workers must be >= 0"),
@@ -435,3 +435,99 @@ def test_cuda_device_gets_this_ranks_index():
 
     assert Distributed().device("cuda") == torch.device("cuda", 0)
     assert Distributed().device("auto") == torch.device("cuda", 0)
+
+
+# ---------------------------------------------------------------------------------------------- images
+def test_training_decodes_images_as_the_cli_does(tmp_path):
+    """One discovery and one decoder for training and litesam-segment: a 16-bit PNG is scaled by 255/65535 (a
+    plain ``convert("RGB")`` clips 99.6% of such pixels to 255), EXIF rotation, grayscale and RGBA are
+    converted, and training names the same files as ``litesam-segment --recursive``, sorted."""
+    from PIL import Image
+
+    from litesam_kernels.datasets import InputError, discover_images, load_image
+    from litesam_kernels.train.data import ImageFolder, RenderedViews
+    from tests._photos import photo_folder
+
+    photos = photo_folder(tmp_path / "photos")
+    images = ImageFolder.discover(photos.root)
+    assert images.names == sorted(item.name for item in discover_images([str(photos.root)], recursive=True))
+    assert set(images.names) == {*photos.upright, photos.corrupt}  # notes.txt is no image
+    for name, expected in photos.upright.items():
+        index = images.names.index(name)
+        decoded = images.load(index)
+        assert np.array_equal(decoded, load_image(str(photos.root / name))), name
+        assert np.array_equal(decoded, expected), name
+    moon = images.load(images.names.index("moon16.png"))
+    with Image.open(photos.root / "moon16.png") as opened:
+        assert opened.mode.startswith("I")  # what PIL makes of a 16-bit PNG
+        assert (np.asarray(opened.convert("RGB")) == 255).mean() > 0.99  # the clipping this test guards against
+    assert (moon == 255).mean() < 0.01 and moon.max() > 100
+    views = RenderedViews(images, ViewPlan(1, None, seed=0), image_size=128)
+    rendered = views[images.names.index("moon16.png")]
+    assert torch.equal(rendered["pixels"], render_image(photos.upright["moon16.png"], View.identity(*moon.shape[:2]),
+                                                        128)[0])
+    with pytest.raises(InputError, match=f"cannot read training image .*{photos.corrupt}"):
+        images.load(images.names.index(photos.corrupt))
+    with pytest.raises(InputError, match="--images must be a folder of images"):
+        ImageFolder.discover(photos.root / "astronaut.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images in folder"):
+        ImageFolder.discover(tmp_path / "empty")
+
+
+def test_bn_sync_with_the_eager_encoder_needs_cuda(tmp_path):
+    """nn.SyncBatchNorm (what --bn sync makes of the eager encoder's BatchNorms) refuses CPU tensors under
+    torchrun: the run says so before it starts, and what to use instead."""
+    from litesam_kernels.train.dist import Distributed
+    from litesam_kernels.train.trainer import Trainer
+
+    options = TrainOptions(stage="distill", images=str(tmp_path), out=str(tmp_path / "run"), steps=1, encoder="eager")
+    with pytest.raises(TrainError, match="--bn sync with --encoder eager needs CUDA.*fused encoder.*--bn train"):
+        Trainer(options, Distributed(rank=0, world_size=2), torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------- teachers
+def test_teachers_are_built_as_the_cli_builds_its_models(tmp_path):
+    """segmenters.load_model builds the teachers; its messages name litesam-train's --teacher-* options."""
+    from litesam_kernels.segmenters import ModelLoadError
+    from litesam_kernels.train.teacher import Teacher, TeacherSpec
+    from tests import _checkpoints
+
+    sam = _checkpoints.tiny_sam_checkpoint(tmp_path / "sam.pt")
+    teacher = Teacher(TeacherSpec("sam", str(sam), model_type="tests._checkpoints:build_tiny_sam"), "cpu")
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
+    with pytest.raises(ModelLoadError, match="unknown --teacher-type 'vit_q': SAM's are"):
+        Teacher(TeacherSpec("sam", str(sam), model_type="vit_q"), "cpu")
+    with pytest.raises(ModelLoadError, match="cannot import the --teacher-type builder 'tests._checkpoints:nothing'"):
+        Teacher(TeacherSpec("sam", str(sam), model_type="tests._checkpoints:nothing"), "cpu")
+    pytest.importorskip("sam2")
+    sam2 = _checkpoints.tiny_sam2_checkpoint(tmp_path / "sam2.pt")
+    with pytest.raises(ModelLoadError, match="It looks like a SAM 2 checkpoint: use --teacher sam2 with the "
+                                             "--teacher-config it was made with"):
+        Teacher(TeacherSpec("sam", str(sam2), model_type="vit_b"), "cpu")
+    with pytest.raises(ValueError, match="--teacher sam2 needs --teacher-config .*'sam2.pt' is no official"):
+        TeacherSpec("sam2", str(sam2))
+    official = tmp_path / "sam2.1_hiera_tiny.pt"
+    official.write_bytes(sam2.read_bytes())
+    assert TeacherSpec("sam2", str(official)).config == "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+def test_sam2_teacher_embedding_is_the_drop_ins_image_embedding(tmp_path):
+    """On a square image at the teacher's input size (where SAM2ImagePredictor's squash is the identity), the
+    teacher's embedding of the rendered view is the image_embed that FastSAM2AutomaticMaskGenerator's adapter
+    computes (measured over 3 images: max |diff| 2.6e-6 of values up to 2.9; the 0..255 and 0..1 normalisations
+    round differently)."""
+    pytest.importorskip("sam2")
+    from litesam_kernels.engine.adapters import Sam2Adapter
+    from litesam_kernels.train.teacher import Teacher, TeacherSpec
+    from tests import _checkpoints
+
+    checkpoint = _checkpoints.tiny_sam2_checkpoint(tmp_path / "sam2.pt")
+    teacher = Teacher(TeacherSpec("sam2", str(checkpoint), config=_checkpoints.SAM2_CONFIG), "cpu", image_size=128)
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    pixels, size = render_image(image, View.identity(128, 128), 128)
+    got = teacher.embed(pixels[None], torch.tensor([size]))
+    with torch.no_grad():
+        want = Sam2Adapter(teacher.model).encode([image])[0].features[0]
+    assert got.shape == want.shape == (1, 256, 8, 8)
+    torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)

@@ -195,6 +195,18 @@ class SamAdapter(_Adapter):
         return self.model.postprocess_masks(low_res, encoded.input_size, encoded.crop_size)
 
 
+def sam2_image_features(model, batch: torch.Tensor) -> List[torch.Tensor]:
+    """``SAM2ImagePredictor.set_image``'s features of a normalised (B, 3, R, R) batch: the backbone's levels
+    as (B, C, R/4, R/4), (B, C, R/8, R/8), (B, C, R/16, R/16), the last (the mask decoder's image embedding)
+    with ``no_mem_embed`` added. (sam2 hard-codes the sizes 256, 128, 64 of R = 1024; these follow R.)"""
+    _, vision_feats, _, _ = model._prepare_backbone_features(model.forward_image(batch))
+    if model.directly_add_no_mem_embed:
+        vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+    side = batch.shape[-1]
+    sizes = [(side // s, side // s) for s in (4, 8, 16)][-len(vision_feats):]
+    return [feat.permute(1, 2, 0).view(batch.shape[0], -1, *size) for feat, size in zip(vision_feats, sizes)]
+
+
 class Sam2Adapter(_Adapter):
     """sam2's ``SAM2Base`` (``image_size``, ``forward_image``, ``_prepare_backbone_features``,
     ``sam_prompt_encoder``, ``sam_mask_decoder``), as ``SAM2ImagePredictor``: square resize with
@@ -225,15 +237,7 @@ class Sam2Adapter(_Adapter):
     def encode(self, crop_images: Sequence[np.ndarray]) -> List[Encoded]:
         model = self.model
         batch = torch.stack([self._preprocess(crop) for crop in crop_images]).to(self.device)
-        batch = batch.to(module_dtype(model.image_encoder))
-        backbone_out = model.forward_image(batch)
-        _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
-        if model.directly_add_no_mem_embed:
-            vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
-        # Feature sizes of the levels: image_size / 4, / 8, / 16 (sam2 hard-codes 256, 128, 64 for 1024).
-        sizes = [(self.image_size // s, self.image_size // s) for s in (4, 8, 16)][-len(vision_feats):]
-        feats = [feat.permute(1, 2, 0).view(batch.shape[0], -1, *size)
-                 for feat, size in zip(vision_feats[::-1], sizes[::-1])][::-1]
+        feats = sam2_image_features(model, batch.to(module_dtype(model.image_encoder)))
         # sam2's FPN neck upsamples in float32 whatever the model's dtype: the decoder gets its own dtype.
         decoder_dtype = module_dtype(model.sam_mask_decoder)
         image_embed, high_res = feats[-1].to(decoder_dtype), [level.to(decoder_dtype) for level in feats[:-1]]

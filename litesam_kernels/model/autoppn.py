@@ -6,8 +6,9 @@ image embedding, 2x (depthwise 3x3 + 1x1 + GELU), then two 1x1 heads:
 - box regression: 4 distances (left, top, right, bottom) from the cell centre to the object's box, in
   stride units, made positive by ``exp`` (FCOS style; clamped so random weights cannot overflow).
 ``litesam_kernels.ops.ppn_decode`` turns both into K point + box prompts per image.
-Training (not part of this package): focal loss on the heatmap with Gaussian targets at mask centres,
-L1 + GIoU on the boxes.
+Training: ``litesam-train ppn`` (:mod:`litesam_kernels.train`) learns it from a SAM / SAM 2 teacher's
+automatic masks: focal loss on the heatmap with Gaussian targets at mask centres, L1 + GIoU on the ltrb
+boxes at the positive cells.
 """
 from __future__ import annotations
 

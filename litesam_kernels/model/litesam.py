@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -74,10 +74,28 @@ class LiteSAM(nn.Module):
         return counts
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the weights and the config (a plain dict) to ``path`` (torch.save format)."""
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
-                    "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}, path)
+    def checkpoint_payload(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """What :meth:`save` writes: format, version, the config (a plain dict) and the weights (on the CPU),
+        plus ``extra``'s entries (e.g. ``litesam-train``'s ``training`` state), which :meth:`load` ignores.
+
+        Raises:
+            ValueError: ``extra`` is not a dict, or would replace one of the checkpoint's own entries.
+        """
+        payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+                   "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        if extra is not None:
+            if not isinstance(extra, dict):
+                raise ValueError(f"extra must be a dict of additional checkpoint entries, got {type(extra).__name__}")
+            clashes = sorted(set(extra) & set(payload))
+            if clashes:
+                raise ValueError(f"extra must not replace the checkpoint's own entries, got {', '.join(clashes)}")
+            payload.update(extra)
+        return payload
+
+    def save(self, f: Union[str, os.PathLike, BinaryIO], extra: Optional[Dict[str, Any]] = None) -> None:
+        """Write :meth:`checkpoint_payload` (``extra`` included) to ``f``, a path or a binary file object, as
+        ``torch.save`` does; :meth:`load` reads it back."""
+        torch.save(self.checkpoint_payload(extra), f)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> "LiteSAM":

@@ -7,8 +7,18 @@ Same parameters, same math as the eager modules in ``litevit.py`` (this file onl
 - BatchNorm becomes a per-channel scale/shift folded into the fused op (:class:`Folds`): running
   statistics in eval mode; batch statistics in training mode, computed differentiably in torch and with
   the running statistics updated as ``nn.BatchNorm2d`` does, so the fused path also trains;
-- the one BatchNorm whose batch statistics need a conv output first (``DWConvBNAct`` in training mode) runs
-  its eager module instead.
+- the BatchNorms whose batch statistics need a conv output first (``ConvBNAct``/``DWConvBNAct`` in training
+  mode) run their eager module instead (cuDNN's BatchNorm), unless they synchronise (below).
+
+Multi-rank batch statistics. A BatchNorm marked by :func:`synchronise_batch_statistics` (``litesam-train
+--bn sync``), or one that is an ``nn.SyncBatchNorm``, combines its batch statistics over the ranks (the
+world; an ``nn.SyncBatchNorm``'s own process group) while torch.distributed runs with more than one rank:
+mean and biased variance of all ranks' batches together, all-reduced differentiably
+(``torch.distributed.nn.functional.all_reduce``, so each rank's gradient holds the other ranks' terms), the
+running statistics updated with the global count as ``nn.SyncBatchNorm`` does. N ranks then compute what one
+process holding their batches computes (up to summation order), on any backend: gloo on CPU too, where
+``nn.SyncBatchNorm``'s own forward and DistributedDataParallel refuse it. Any other BatchNorm, and every
+BatchNorm of a single process, uses this process's batch only. (The eager modules ignore the mark.)
 
 Dtypes. The encoder computes in one *activation dtype*: the autocast dtype when ``torch.autocast`` is on for
 the images' device (float64 images excepted, as autocast does), else the images' dtype; it returns that
@@ -76,6 +86,51 @@ def _uses_running_stats(bn: nn.BatchNorm2d) -> bool:
     return not bn.training and bn.track_running_stats and bn.running_mean is not None
 
 
+SYNCHRONISE = "synchronise_batch_statistics"  # the mark :func:`synchronise_batch_statistics` sets on a BatchNorm
+
+
+def synchronise_batch_statistics(module: nn.Module) -> int:
+    """Mark every BatchNorm under ``module`` to combine its batch statistics over all ranks in the fused
+    encoder (see the module docstring); parameters, buffers and checkpoints are unchanged. Returns how many."""
+    marked = 0
+    for bn in module.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            setattr(bn, SYNCHRONISE, True)
+            marked += 1
+    return marked
+
+
+def synchronising_group(bn: nn.Module):
+    """The process group whose batches ``bn``'s batch statistics cover while torch.distributed runs with
+    more than one rank there: the world for a marked BatchNorm, an ``nn.SyncBatchNorm``'s own group (the
+    world unless it names one); else None (this process's batch)."""
+    synchronised = getattr(bn, SYNCHRONISE, False) or isinstance(bn, nn.SyncBatchNorm)
+    if not synchronised or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    group = getattr(bn, "process_group", None) or torch.distributed.group.WORLD
+    return group if torch.distributed.get_world_size(group) > 1 else None
+
+
+def batch_statistics(x: torch.Tensor, group=None):
+    """Per-channel mean and biased variance of ``x`` (..., C) and the number of values per channel (a
+    tensor: ``new_full`` fills it on the device, no host copy), over this process's ``x`` or, with a
+    process ``group``, over all its ranks' ``x`` together.
+
+    The group's statistics take two differentiable all-reduces: the sums and counts, then the squared
+    deviations from the global mean. Two passes, as ``var`` itself computes, rather than one pass of
+    sums of squares: E[x^2] - E[x]^2 loses the variance to cancellation when |mean| >> std."""
+    rows = x.reshape(-1, x.shape[-1])
+    if group is None:
+        return rows.mean(0), rows.var(0, unbiased=False), rows.new_full((), float(rows.shape[0]))
+    from torch.distributed.nn.functional import all_reduce
+
+    sums = all_reduce(torch.cat([rows.sum(0), rows.new_full((1,), float(rows.shape[0]))]), group=group)
+    count = sums[-1]
+    mean = sums[:-1] / count
+    var = all_reduce((rows - mean).square().sum(0), group=group) / count
+    return mean, var, count.detach()
+
+
 def _linear_weight(module: nn.Module) -> torch.Tensor:
     """An ``nn.Linear`` weight, or a 1x1 ``nn.Conv2d`` weight as one."""
     weight = module.weight
@@ -103,15 +158,12 @@ class Folds:
             mean, var = bn.running_mean.to(acc), bn.running_var.to(acc)
         else:
             self.uses_batch_statistics = True
-            xf = x_nhwc.to(acc)
-            mean = xf.mean((0, 1, 2))
-            var = xf.var((0, 1, 2), unbiased=False)
+            mean, var, n = batch_statistics(x_nhwc.to(acc), synchronising_group(bn))
             if bn.training and bn.track_running_stats and bn.running_mean is not None:
                 with torch.no_grad():
                     bn.num_batches_tracked += 1
                     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                    n = x_nhwc.numel() // x_nhwc.shape[-1]
-                    unbiased = var * (n / max(n - 1, 1))
+                    unbiased = var * (n / (n - 1).clamp_min(1))
                     bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
                     bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
         weight = bn.weight.to(acc) if bn.weight is not None else torch.ones_like(mean)
@@ -192,12 +244,23 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 def conv_bn_act(module, x_nchw: torch.Tensor, folds: Folds) -> torch.Tensor:
     """The stem / downsampling ``ConvBNAct``: in eval mode the BatchNorm folds into the cuDNN conv (one pass
-    over the largest activations of the network saved); in training mode the module itself runs."""
+    over the largest activations of the network saved); in training mode the module itself runs, or with
+    multi-rank statistics :func:`synchronised_conv_bn_act`."""
     conv = folds.conv_bn(module)
     if conv is None:
+        if synchronising_group(module.bn) is not None:
+            return _nchw(synchronised_conv_bn_act(module, x_nchw, folds))
         return module(x_nchw).to(folds.dtype)
     y = F.conv2d(x_nchw, conv.weight, conv.bias, conv.stride, conv.padding)
     return F.gelu(y) if isinstance(module.act, nn.GELU) else module.act(y)
+
+
+def synchronised_conv_bn_act(module, x_nchw: torch.Tensor, folds: Folds) -> torch.Tensor:
+    """A ``ConvBNAct`` in training mode whose BatchNorm combines the ranks' statistics: its conv, then the
+    BatchNorm as :meth:`Folds.batch_norm` computes it, then its activation; channels-last (B, H, W, C)."""
+    y = _nhwc(module.conv(x_nchw))
+    affine = folds.batch_norm(module.bn, y)
+    return module.act((y.to(folds.acc) * affine.scale + affine.shift).to(folds.dtype))
 
 
 def pool_mixer_block(block, x: torch.Tensor, folds: Folds, ops=CustomOps) -> torch.Tensor:
@@ -211,7 +274,9 @@ def pool_mixer_block(block, x: torch.Tensor, folds: Folds, ops=CustomOps) -> tor
 
 def attention_block(block, x: torch.Tensor, folds: Folds, ops=CustomOps) -> torch.Tensor:
     dw = folds.depthwise(block.pos)
-    if dw is None:
+    if dw is None and synchronising_group(block.pos.bn) is not None:
+        x = x + synchronised_conv_bn_act(block.pos, _nchw(x), folds)
+    elif dw is None:
         x = x + _nhwc(block.pos(_nchw(x))).to(x.dtype)
     else:
         x = ops.dwconv(x, dw, "gelu", residual=True)

@@ -15,42 +15,20 @@ Opening a cache whose manifest differs from the requested one is an error that n
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from litesam_kernels.writers import atomic_write
+
 MANIFEST = "manifest.json"
 _DOWNSAMPLE_CHUNK = 16
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CacheMismatchError(ValueError):
     """A cache folder holds a cache made from other inputs than the ones asked for."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file_object)`` into a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            write(fh)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
-def atomic_save(obj: Any, path) -> None:
-    """``torch.save`` that never leaves a half-written file at ``path``."""
-    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
 def _differences(found: Dict[str, Any], expected: Dict[str, Any]) -> List[str]:
@@ -98,7 +76,7 @@ class ShardedCache:
     def write_manifest(self) -> None:
         if not self.check_manifest():
             text = json.dumps(self.manifest, indent=1, sort_keys=True).encode()
-            _atomic_write(self.root / MANIFEST, lambda fh: fh.write(text))
+            atomic_write(self.root / MANIFEST, lambda fh: fh.write(text))
 
     # ------------------------------------------------------------------------------------ shards
     def shard_items(self, shard: int) -> range:
@@ -135,7 +113,7 @@ class EmbeddingCache(ShardedCache):
         if embeddings.shape[0] != expected:
             raise ValueError(f"shard {shard} holds {expected} items, got {embeddings.shape[0]} embeddings")
         array = embeddings.detach().to("cpu", torch.float16).numpy()
-        _atomic_write(self.shard_path(shard), lambda fh: np.save(fh, array))
+        atomic_write(self.shard_path(shard), lambda fh: np.save(fh, array))
 
     def read(self, item: int) -> torch.Tensor:
         shard, offset = self.locate(item)
@@ -174,7 +152,7 @@ class MaskCache(ShardedCache):
             arrays[f"shape_{item}"] = np.array([*masks.shape, *entry["original_size"]], dtype=np.int64)
             arrays[f"boxes_{item}"] = np.asarray(entry["boxes"], dtype=np.float32).reshape(-1, 4)
             arrays[f"scores_{item}"] = np.asarray(entry["scores"], dtype=np.float32).reshape(-1, 2)
-        _atomic_write(self.shard_path(shard), lambda fh: np.savez_compressed(fh, **arrays))
+        atomic_write(self.shard_path(shard), lambda fh: np.savez_compressed(fh, **arrays))
 
     def read(self, item: int) -> Dict[str, Any]:
         """``masks`` (N, h, w) bool tensor, ``original_size`` (H, W), ``boxes`` (N, 4) float32 XYWH tensor,
@@ -217,5 +195,5 @@ def downsample_masks(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor
     return torch.cat(chunks)
 
 
-__all__ = ["CacheMismatchError", "EmbeddingCache", "MaskCache", "ShardedCache", "atomic_save", "cache_resolution",
+__all__ = ["CacheMismatchError", "EmbeddingCache", "MaskCache", "ShardedCache", "cache_resolution",
            "downsample_masks"]

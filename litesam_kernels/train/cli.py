@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from litesam_kernels.train.stages import STAGES
+from litesam_kernels.train.stages import BN_MODES, STAGES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="LiteViT on the fused kernels (default) or its eager modules")
     optim.add_argument("--compile", action="store_true", help="torch.compile the training objective")
     optim.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
-    optim.add_argument("--bn", choices=("train", "frozen"),
-                       help="BatchNorm statistics: batch (train; distill default) or running (frozen; finetune default)")
+    optim.add_argument("--bn", choices=BN_MODES,
+                       help="BatchNorm statistics: of the global batch, all ranks together (sync; distill default: "
+                            "N torchrun processes train as one process with their batches), of each process's "
+                            "batch (train), or running (frozen; finetune default)")
     optim.add_argument("--no-augment", dest="augment", action="store_false",
                        help="ppn/finetune: the images as they are (default: random crops, flips, colour)")
     optim.add_argument("--prompts-per-image", type=int, default=16, metavar="N",
@@ -89,15 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from litesam_kernels.datasets import InputError
+    from litesam_kernels.segmenters import ModelLoadError
     from litesam_kernels.train.cache import CacheMismatchError
-    from litesam_kernels.train.sources import SourceError
     from litesam_kernels.train.trainer import TrainError, TrainOptions, run
 
     args = build_parser().parse_args(argv)
     options = TrainOptions(**{k.replace("-", "_"): v for k, v in vars(args).items()})
     try:
         path = run(options)
-    except (TrainError, SourceError, CacheMismatchError) as exc:
+    except (TrainError, ModelLoadError, InputError, CacheMismatchError) as exc:
         print(f"litesam-train: error: {exc}", file=sys.stderr)
         return 2
     print(f"checkpoint: {path}", file=sys.stderr)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from litesam_kernels.train import sources
+from litesam_kernels.datasets import InputError, discover_images, load_image
 from litesam_kernels.train.cache import EmbeddingCache, MaskCache
 from litesam_kernels.train.targets import decoder_prompts, mask_geometry, ppn_targets
 from litesam_kernels.train.views import Augmentation, View, render_image, render_masks
@@ -65,16 +65,41 @@ class StepBatches(Sampler):
 
 
 class ImageFolder:
-    """The run's images: ``names`` relative to ``root`` (``sources.find_images``), decoded on demand."""
+    """The run's images: ``names`` relative to ``root``, decoded on demand with ``litesam-segment``'s
+    decoder (:func:`litesam_kernels.datasets.load_image`: EXIF orientation applied, grayscale, alpha and
+    16-bit images converted), so a model is trained on the pixels it will later segment."""
 
     def __init__(self, root, names: Sequence[str]) -> None:
         self.root, self.names = Path(root), list(names)
+
+    @classmethod
+    def discover(cls, root, option: str = "--images") -> "ImageFolder":
+        """The images under the folder ``root`` at any depth, found as ``litesam-segment --recursive``
+        finds them (its extensions, hidden names skipped), as sorted POSIX paths: every rank of a torchrun
+        job, and a resumed run, sees the same list (the caches are indexed by it).
+
+        Raises:
+            InputError: ``root`` is not a folder, or holds no images.
+        """
+        if not Path(root).is_dir():
+            raise InputError(f"{option} must be a folder of images, got {str(root)!r} (not a folder)")
+        items = discover_images([str(root)], recursive=True)
+        return cls(root, sorted(Path(item.name).as_posix() for item in items))
 
     def __len__(self) -> int:
         return len(self.names)
 
     def load(self, index: int) -> np.ndarray:
-        return sources.load_image(self.root / self.names[index])
+        """(H, W, 3) uint8 RGB of image ``index``.
+
+        Raises:
+            InputError: the file cannot be decoded (training stops: its caches would miss the image).
+        """
+        path = self.root / self.names[index]
+        try:
+            return load_image(str(path))
+        except Exception as exc:  # noqa: BLE001  (whatever PIL raises: the user needs the file and why)
+            raise InputError(f"cannot read training image {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 
 class ViewPlan:

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from litesam_kernels.train import prepare, sources
+from litesam_kernels.datasets import InputError
+from litesam_kernels.train import prepare
 from litesam_kernels.train.cache import CacheMismatchError, downsample_masks
 from litesam_kernels.train.data import ImageFolder
 from litesam_kernels.train.dist import Distributed
@@ -75,7 +76,7 @@ def evaluate(checkpoint: str, image_dir: str, *, teacher: Optional[TeacherSpec] 
     device = dist.device(device)
     model = LiteSAM.load(checkpoint).to(device).eval()
     model.image_encoder.fused = True
-    images = ImageFolder(image_dir, sources.find_images(image_dir))
+    images = ImageFolder.discover(image_dir)
     report: Dict[str, Any] = {"checkpoint": str(checkpoint), "images": len(images)}
     cache = None
     if teacher is not None or cache_dir is not None:
@@ -122,7 +123,7 @@ class _CocoMatcher:
             by_name.setdefault(Path(image["file_name"]).name, image["id"])
         self.image_ids = {i: by_name.get(name, by_name.get(Path(name).name)) for i, name in enumerate(names)}
         if not any(v is not None for v in self.image_ids.values()):
-            raise sources.SourceError(f"no image under --images is named in {annotations!r} (file_name)")
+            raise InputError(f"no image under --images is named in {annotations!r} (file_name)")
         categories = self.ground_truth.getCatIds()
         self.category = categories[0] if categories else 1
         self.results: List[Dict[str, Any]] = []

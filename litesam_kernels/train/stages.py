@@ -1,7 +1,10 @@
 """The three stages: what each trains, on which samples, against which loss.
 
 - ``distill``: the LiteViT encoder regresses the teacher's image embeddings (MSE), BatchNorm in training
-  mode; the samples are cached teacher embeddings of (augmented) views.
+  mode on the statistics of the global batch (``--bn sync``: all torchrun ranks' images together, so N
+  processes take the steps one process with their batches takes; ``--bn train``: each process's own
+  batch, as plain DistributedDataParallel would); the samples are cached teacher embeddings of (augmented)
+  views.
 - ``ppn``: AutoPPN on the frozen encoder (eval mode, no gradients), against heatmap/box targets from the
   teacher's automatic masks, with fresh augmentations every epoch.
 - ``finetune``: encoder + AutoPPN + prompt encoder + mask decoder end to end: the AutoPPN loss plus SAM's
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from litesam_kernels.model import CheckpointError, LiteSAM, load_state_dict_checked
+from litesam_kernels.model.litevit_fused import synchronise_batch_statistics
 from litesam_kernels.train import losses, prepare
 from litesam_kernels.train.data import DistillSamples, ImageFolder, MaskSamples, RenderedViews, ViewPlan
 from litesam_kernels.train.dist import Distributed
@@ -114,11 +118,16 @@ class StageContext:
         return Path(self.options.cache_dir) if self.options.cache_dir else Path(self.options.out) / "cache"
 
 
+# BatchNorm statistics in training: the global batch's (synchronised over torchrun's ranks; in one process
+# the same as "train"), each process's own batch's, or the running statistics (eval-mode BatchNorm).
+BN_MODES = ("sync", "train", "frozen")
+
+
 class Stage:
     name = ""
     parts: Tuple[str, ...] = ()
     default_lr = 1e-3
-    default_bn = "train"
+    default_bn = "sync"
 
     def trainable(self, model: LiteSAM) -> List[nn.Module]:
         raise NotImplementedError
@@ -140,11 +149,22 @@ class Stage:
         return [p for p in trained if p.requires_grad]
 
     def set_modes(self, model: LiteSAM, bn: str) -> None:
-        """Train/eval modes after ``model.train()``: frozen parts in eval, BatchNorm per ``bn``."""
+        """Train/eval modes after ``model.train()``: frozen parts in eval, BatchNorm per ``bn`` (``sync``:
+        see :func:`synchronise_batch_norms`)."""
         if bn == "frozen":
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+
+
+def synchronise_batch_norms(model: LiteSAM) -> None:
+    """``--bn sync``: the encoder's BatchNorms combine their batch statistics over the torchrun ranks. The fused
+    encoder does it itself (``litevit_fused.synchronise_batch_statistics``; any backend), the eager one through
+    ``nn.SyncBatchNorm`` (GPU only). Parameters, buffers and checkpoint keys stay as they are."""
+    if model.image_encoder.fused:
+        synchronise_batch_statistics(model.image_encoder)
+    else:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model.image_encoder)
 
 
 class DistillStage(Stage):

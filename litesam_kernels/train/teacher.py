@@ -4,9 +4,13 @@
   for a batch of rendered views (:mod:`litesam_kernels.train.views`). The teacher sees exactly the student's
   input: the longest side resized to the input size and zero-padded bottom-right after normalisation (SAM 1's
   preprocessing; SAM 2's own predictor squashes the image to a square instead, which would misalign its
-  embedding with Lite-SAM's input). SAM 1: ``image_encoder(x)``. SAM 2: ``forward_image`` ->
-  ``_prepare_backbone_features`` -> the lowest-resolution map plus ``no_mem_embed``, as
-  ``SAM2ImagePredictor.set_image`` builds its ``image_embed``.
+  embedding with Lite-SAM's input). SAM 1: ``image_encoder(x)``. SAM 2: the lowest-resolution map of
+  ``engine.adapters.sam2_image_features`` (``forward_image`` -> ``_prepare_backbone_features`` -> plus
+  ``no_mem_embed``), as ``SAM2ImagePredictor.set_image`` and our SAM 2 drop-in build its ``image_embed``.
+  (``Sam2Adapter.encode`` itself is not reused: it takes whole images and squashes them to a square.)
+- Teachers are built as ``litesam-segment`` builds its models (``segmenters.load_model``: segment_anything's
+  registry or a builder ``module:function``; a sam2 config name or YAML file, inferred from an official
+  checkpoint's file name when not given), at the student's input size for SAM 2.
 - :meth:`Teacher.mask_generator`: the teacher's automatic mask generator, through our drop-ins
   (:class:`litesam_kernels.amg.FastSamAutomaticMaskGenerator`,
   :class:`litesam_kernels.sam2_amg.FastSAM2AutomaticMaskGenerator`), on the original images.
@@ -22,21 +26,22 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from litesam_kernels.train import sources
+from litesam_kernels.engine.adapters import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD, sam2_image_features
+from litesam_kernels.segmenters import OptionNames, SegmenterSpec, load_model, sam2_config_for
 from litesam_kernels.train.views import normalize
 
 FAMILIES = ("sam", "sam2")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# SAM 2's normalisation (SAM2Transforms: ImageNet mean/std of [0, 1] pixels), in 0..255 units like SAM 1's.
-SAM2_PIXEL_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-SAM2_PIXEL_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes (fp32: none)
+TEACHER_OPTIONS = OptionNames(model="--teacher", model_type="--teacher-type", checkpoint="--teacher-checkpoint",
+                              config="--teacher-config",
+                              litesam_hint="a student, not a teacher (start a stage from it with --init)")
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
     """How to build a teacher. ``family``: "sam" (``model_type``: a segment_anything registry name or a
-    builder ``module:function``) or "sam2" (``config``: a sam2 config name). ``precision``: autocast dtype of
-    its forward ("fp32": none)."""
+    builder ``module:function``) or "sam2" (``config``: a sam2 config name or YAML file; by default the one
+    of an official checkpoint's file name). ``precision``: autocast dtype of its forward ("fp32": none)."""
 
     family: str
     checkpoint: str
@@ -54,7 +59,11 @@ class TeacherSpec:
         if not os.path.isfile(self.checkpoint):
             raise ValueError(f"--teacher-checkpoint {self.checkpoint!r} is not a file")
         if self.family == "sam2" and not self.config:
-            raise ValueError("--teacher sam2 needs --teacher-config (e.g. configs/sam2.1/sam2.1_hiera_l.yaml)")
+            inferred = sam2_config_for(self.checkpoint)
+            if inferred is None:
+                raise ValueError("--teacher sam2 needs --teacher-config (e.g. configs/sam2.1/sam2.1_hiera_l.yaml): "
+                                 f"{os.path.basename(self.checkpoint)!r} is no official SAM 2 checkpoint name")
+            object.__setattr__(self, "config", inferred)
 
     def identity(self) -> Dict[str, object]:
         """What makes two teachers' outputs the same (a cache is valid for its teacher only). The checkpoint
@@ -76,14 +85,17 @@ class Teacher:
     def __init__(self, spec: TeacherSpec, device, image_size: Optional[int] = None) -> None:
         self.spec = spec
         self.device = torch.device(device)
+        build = SegmenterSpec(model=spec.family, checkpoint=spec.checkpoint, model_type=spec.model_type,
+                              config=spec.config, device=str(self.device))
+        self.model = load_model(build, image_size=image_size if spec.family == "sam2" else None,
+                                names=TEACHER_OPTIONS)
         if spec.family == "sam":
-            self.model = sources.build_sam(spec.model_type, spec.checkpoint).to(self.device)
             self.image_size = int(self.model.image_encoder.img_size)
             self.pixel_mean, self.pixel_std = self.model.pixel_mean.flatten(), self.model.pixel_std.flatten()
-        else:
-            self.model = sources.build_sam2(spec.config, spec.checkpoint, image_size).to(self.device)
+        else:  # SAM2Transforms' ImageNet mean/std of [0, 1] pixels, in SAM 1's 0..255 units
             self.image_size = int(self.model.image_size)
-            self.pixel_mean, self.pixel_std = torch.tensor(SAM2_PIXEL_MEAN), torch.tensor(SAM2_PIXEL_STD)
+            self.pixel_mean = torch.tensor(SAM2_PIXEL_MEAN, dtype=torch.float64) * 255
+            self.pixel_std = torch.tensor(SAM2_PIXEL_STD, dtype=torch.float64) * 255
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
 
@@ -102,17 +114,8 @@ class Teacher:
             if self.spec.family == "sam":
                 embedding = self.model.image_encoder(x)
             else:
-                embedding = self._sam2_image_embedding(x)
+                embedding = sam2_image_features(self.model, x)[-1]
         return embedding.float()
-
-    def _sam2_image_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        _, vision_feats, _, feat_sizes = model._prepare_backbone_features(model.forward_image(x))
-        lowest = vision_feats[-1]  # (hw, B, C)
-        if model.directly_add_no_mem_embed:
-            lowest = lowest + model.no_mem_embed
-        h, w = feat_sizes[-1]
-        return lowest.permute(1, 2, 0).reshape(x.shape[0], -1, h, w)
 
     def mask_generator(self, **options):
         """The teacher's automatic mask generator (our drop-in) with ``options`` (its keyword arguments)."""

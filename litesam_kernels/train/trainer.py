@@ -7,12 +7,14 @@
   ``min_lr_ratio * lr`` (per optimizer step), gradient accumulation, gradient-norm clipping, autocast
   (bf16 by default on CUDA; fp16 with a GradScaler), optional ``torch.compile`` of the objective;
 - torchrun: one process per GPU (CPU: gloo), DistributedDataParallel, ``--batch-size`` per process, disjoint
-  samples per rank (``data.StepBatches``), rank 0 logs and checkpoints;
+  samples per rank (``data.StepBatches``), rank 0 logs and checkpoints; with ``--bn sync`` (distillation's
+  default) BatchNorm normalises by the statistics of all ranks' micro-batches together, so N processes take
+  the steps of one process with N times the batch size (``--bn train``: each rank's own statistics);
 - checkpoints: ``RUN_DIR/checkpoint.pt`` every ``--save-every`` steps, at the end and when stopped (SIGTERM
   or ``--stop-after``), written atomically. It is a ``LiteSAM.save`` checkpoint (``LiteSAM.load`` reads it)
-  with one more entry, ``training``: step, options, optimizer, scheduler, grad scaler and RNG states. The
-  data position is the step itself (``data``), so ``--resume`` continues exactly: the resumed run's
-  parameters equal the uninterrupted run's.
+  with one more entry, ``LiteSAM.save(file, extra={"training": ...})``: step, options, optimizer,
+  scheduler, grad scaler and RNG states. The data position is the step itself (``data``), so ``--resume``
+  continues exactly: the resumed run's parameters equal the uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -34,18 +36,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from litesam_kernels.model import LiteSAM, LiteSAMConfig, build_litesam, get_config, load_state_dict_checked
-from litesam_kernels.model.litesam import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-from litesam_kernels.train import sources
-from litesam_kernels.train.cache import atomic_save
 from litesam_kernels.train.data import ImageFolder, StepBatches
 from litesam_kernels.train.dist import Distributed
 from litesam_kernels.train.prepare import TeacherLoader
 from litesam_kernels.train.runlog import Progress, RunLog
-from litesam_kernels.train.stages import STAGES, StageContext, copy_teacher_decoder
-from litesam_kernels.train.teacher import TeacherSpec
+from litesam_kernels.train.stages import BN_MODES, STAGES, StageContext, copy_teacher_decoder, synchronise_batch_norms
+from litesam_kernels.train.teacher import PRECISIONS, TeacherSpec
+from litesam_kernels.writers import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Options that define the run's trajectory: a resumed run must use the same ones.
 TRAJECTORY = ("stage", "steps", "batch_size", "accum_steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
               "clip_grad", "seed", "views", "augment", "prompts_per_image", "bn", "precision", "encoder", "max_masks",
@@ -135,7 +134,7 @@ class TrainOptions:
             raise TrainError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise TrainError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        for name, allowed in (("precision", PRECISIONS), ("bn", ("train", "frozen")), ("encoder", ("fused", "eager"))):
+        for name, allowed in (("precision", PRECISIONS), ("bn", BN_MODES), ("encoder", ("fused", "eager"))):
             if getattr(self, name) not in allowed:
                 raise TrainError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.num_workers < 0:
@@ -149,7 +148,7 @@ def run(options: TrainOptions) -> Path:
     """Train one stage; returns the path of the final checkpoint (``RUN_DIR/checkpoint.pt``)."""
     dist = Distributed.from_environment()
     device = dist.device(options.device)
-    dist.start(device)
+    dist.join(device)
     try:
         return Trainer(options, dist, device).fit()
     finally:
@@ -209,6 +208,9 @@ class Trainer:
         self.dist, self.device = dist, device
         self.options = options = options.resolved(device)
         options.check()
+        if options.bn == "sync" and options.encoder == "eager" and dist.active and device.type != "cuda":
+            raise TrainError("--bn sync with --encoder eager needs CUDA (nn.SyncBatchNorm's own forward is GPU-only): "
+                             "use the fused encoder (the default) or --bn train")
         self.stage = STAGES[options.stage]
         self.out = Path(options.out)
         self.checkpoint_path = self.out / CHECKPOINT
@@ -216,9 +218,11 @@ class Trainer:
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        self.images = ImageFolder(options.images, sources.find_images(options.images))
+        self.images = ImageFolder.discover(options.images)
         self.model = self._build_model(resume_state).to(device)
         self.model.image_encoder.fused = options.encoder == "fused"
+        if options.bn == "sync":
+            synchronise_batch_norms(self.model)
         teacher = TeacherLoader(self._teacher_spec(), device, self.model.config.image_size)
         if resume_state is None and options.init is None:
             if options.stage != "distill" and dist.is_main:
@@ -317,17 +321,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        rng = self.dist.gather(_rng_state())
+        rng = self.dist.all_gather(_rng_state())
         if self.dist.is_main:
-            payload = {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.model.config.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "training": {"stage": self.stage.name, "step": self.step, "options": self.options.to_dict(),
-                             "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
-                             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                             "rng": rng},
-            }
-            atomic_save(payload, self.checkpoint_path)
+            training = {"stage": self.stage.name, "step": self.step, "options": self.options.to_dict(),
+                        "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng}
+            atomic_write(self.checkpoint_path, lambda file: self.model.save(file, extra={"training": training}))
         self.dist.barrier()
 
     # ------------------------------------------------------------------------------------ loop

@@ -213,25 +213,40 @@ def dwconv_backward(grad, x, w_taps, bias, k, act, residual, fast=None, max_part
 
 
 def _aot_entries(dtype, k):
+    """Every variant a GPU compiles for ``dtype`` and kernel size ``k``: GELU with the residual (LiteViT's
+    positional encoding), whose backward computes the pre-activation gradient ``gu`` in float32 first, and no
+    activation without residual (the neck), whose backward reads the output gradient as ``gu``, in ``dtype``
+    (``dwconv_backward``: ``gu = grad``)."""
     io = {"H": "i32", "W": "i32", "C": "i32"}
     meta = {"K": "constexpr", "TILE": "constexpr", "BLOCK_C": "constexpr"}
     fwd = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": f"*{dtype}", **io, **meta,
            "ACT": "constexpr", "FAST": "constexpr", "RESIDUAL": "constexpr"}
     pre = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "g_ptr": f"*{dtype}", "gu_ptr": "*fp32",
            **io, **meta, "FAST": "constexpr"}
-    dx = {"gu_ptr": "*fp32", "w_ptr": "*fp32", "g_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", **io, **meta,
-          "RESIDUAL": "constexpr"}
-    wgrad = {"x_ptr": f"*{dtype}", "gu_ptr": "*fp32", "partial_ptr": "*fp32", **io, "n_tiles": "i32", "K": "constexpr",
-             "TAPS": "constexpr", "BLOCK_W": "constexpr", "BLOCK_C": "constexpr"}
+
+    def dx(gu):
+        return {"gu_ptr": gu, "w_ptr": "*fp32", "g_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", **io, **meta,
+                "RESIDUAL": "constexpr"}
+
+    def wgrad(gu):
+        return {"x_ptr": f"*{dtype}", "gu_ptr": gu, "partial_ptr": "*fp32", **io, "n_tiles": "i32", "K": "constexpr",
+                "TAPS": "constexpr", "BLOCK_W": "constexpr", "BLOCK_C": "constexpr"}
+
     fast = dtype != "fp32"
     block_c = {"BLOCK_C": 64}
+    taps = dict(K=k, TAPS=triton.next_power_of_2(k * k))
     sig = tiles.aot_signature
-    return (FWD_CONFIGS.aot_entries(_dwconv_fwd_kernel, sig(fwd), dict(K=k, ACT=True, FAST=fast, RESIDUAL=True,
-                                                                       **block_c))
-            + GRAD_PRE_CONFIGS.aot_entries(_dwconv_grad_pre_kernel, sig(pre), dict(K=k, FAST=fast, **block_c))
-            + DX_CONFIGS.aot_entries(_dwconv_dx_kernel, sig(dx), dict(K=k, RESIDUAL=True, **block_c))
-            + WGRAD_CONFIGS.aot_entries(_dwconv_wgrad_kernel, sig(wgrad),
-                                        dict(K=k, TAPS=triton.next_power_of_2(k * k))))
+    entries = []
+    for act, residual, gu in ((True, True, "*fp32"), (False, False, f"*{dtype}")):
+        entries += FWD_CONFIGS.aot_entries(_dwconv_fwd_kernel, sig(fwd), dict(K=k, ACT=act, FAST=fast,
+                                                                              RESIDUAL=residual, **block_c))
+        entries += DX_CONFIGS.aot_entries(_dwconv_dx_kernel, sig(dx(gu)), dict(K=k, RESIDUAL=residual, **block_c))
+        if act:
+            entries += GRAD_PRE_CONFIGS.aot_entries(_dwconv_grad_pre_kernel, sig(pre), dict(K=k, FAST=fast,
+                                                                                            **block_c))
+        if act or gu != "*fp32":  # float32's "none" weight gradient is the GELU one: the same specialisation
+            entries += WGRAD_CONFIGS.aot_entries(_dwconv_wgrad_kernel, sig(wgrad(gu)), taps)
+    return entries
 
 
 # For the sm_90a AOT check in CI: every launch configuration, 3x3 (LiteViT's positional encoding and neck) and 7x7.
