@@ -32,6 +32,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -145,10 +146,16 @@ def parse_ptxas_spills(log: str) -> Tuple[Optional[int], Optional[int]]:
 
 
 def _variant(entry) -> str:
-    dtypes = sorted({t[1:].partition(":")[0] for t in entry.signature.values() if t.startswith("*")})
+    """Operand dtypes (the most common first, every other pointer by name: variants that differ only in one
+    pointer's dtype get different labels), constexprs and options."""
+    pointers = {name: t[1:].partition(":")[0] for name, t in entry.signature.items() if t.startswith("*")}
+    counts = Counter(pointers.values())
+    main = max(sorted(counts), key=counts.__getitem__) if counts else ""
+    others = ", ".join(f"{name}={dtype}" for name, dtype in pointers.items() if dtype != main)
+    dtypes = main + (f" ({others})" if others else "")
     consts = ", ".join(f"{k}={v}" for k, v in entry.constexprs.items())
     opts = ", ".join(f"{k}={v}" for k, v in entry.options.items())
-    return "; ".join(part for part in ("/".join(dtypes), consts, opts) if part)
+    return "; ".join(part for part in (dtypes, consts, opts) if part)
 
 
 def read_triton_kernel(entry, compiled, ptxas_log: str = "") -> KernelReport:
