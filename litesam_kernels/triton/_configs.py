@@ -15,7 +15,8 @@ and its launcher calls ``FWD_CONFIGS.launch(key, run)``, where ``run(config)`` l
 2. on a GPU, with several configurations and ``LITESAM_AUTOTUNE`` not ``0``: the fastest for ``key``, each
    configuration timed once (``triton.testing.do_bench``, ~20 ms per configuration) on the first call with
    that key; the choice is cached for the process (the last ``TUNED_KEYS`` keys per family, least recently
-   used dropped first). ``run`` must be repeatable (it rewrites its outputs); a kernel that accumulates into
+   used dropped first). A key first seen while a CUDA graph is being captured runs the default (timing
+   synchronises; the graph keeps the choice it captured). ``run`` must be repeatable (it rewrites its outputs); a kernel that accumulates into
    its outputs passes ``reset`` to clear them before each timed run and before the final one;
 3. otherwise the family's ``default`` configuration (index 0 unless given).
 
@@ -41,6 +42,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from litesam_kernels import _device_data
 from litesam_kernels._backend import interpreter_on
 
 AUTOTUNE_ENV = "LITESAM_AUTOTUNE"
@@ -104,6 +106,8 @@ class LaunchConfigs:
             if index is not None:
                 self._tuned.move_to_end(key)
                 return index
+        if _device_data.capturing():  # timing synchronises, which a CUDA-graph capture forbids
+            return self.default
         index = self._fastest(run, reset)  # outside the lock: another thread may tune the same key too
         with self._tuned_lock:
             self._tuned[key] = index
