@@ -16,8 +16,9 @@ and its launcher calls ``FWD_CONFIGS.launch(key, run)``, where ``run(config)`` l
    configuration timed once (``triton.testing.do_bench``, ~20 ms per configuration) on the first call with
    that key; the choice is cached for the process (the last ``TUNED_KEYS`` keys per family, least recently
    used dropped first). A key first seen while a CUDA graph is being captured runs the default (timing
-   synchronises; the graph keeps the choice it captured). ``run`` must be repeatable (it rewrites its outputs); a kernel that accumulates into
-   its outputs passes ``reset`` to clear them before each timed run and before the final one;
+   synchronises; the graph keeps the choice it captured). ``run`` must be repeatable (it rewrites its
+   outputs); a kernel that accumulates into its outputs passes ``reset`` to clear them before each timed
+   run and before the final one;
 3. otherwise the family's ``default`` configuration (index 0 unless given).
 
 ``LITESAM_AUTOTUNE`` (environment, read at every launch): ``1`` (default) autotunes as in 2; ``0`` never
