@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from litesam_kernels._device_data import device_constants, host_to_device
 from litesam_kernels.engine.geometry import longest_side_coords, normalized_coords, resized_shape
 from litesam_kernels.ops.mask_postprocess import sam_upscale
 
@@ -160,7 +161,7 @@ class SamAdapter(_Adapter):
             crop = np.ascontiguousarray(crop)
             if target != (height, width):  # torchvision's resize returns the image itself at equal size
                 crop = np.array(Image.fromarray(crop).resize(target[::-1], Image.BILINEAR))
-            pixels = torch.as_tensor(crop, device=device).permute(2, 0, 1).contiguous()[None]
+            pixels = host_to_device(crop, device).permute(2, 0, 1).contiguous()[None]
             inputs.append(model.preprocess(pixels))
             encoded.append(Encoded((height, width), tuple(pixels.shape[-2:]), None))
         batch = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
@@ -171,18 +172,15 @@ class SamAdapter(_Adapter):
 
     def grid_prompts(self, points: np.ndarray, encoded: Encoded) -> Prompts:
         in_points = longest_side_coords(points, encoded.crop_size, self.image_size)
-        return Prompts(torch.as_tensor(points, device=self.device),
-                       points=torch.as_tensor(in_points, device=self.device))
+        return Prompts(host_to_device(points, self.device), points=host_to_device(in_points, self.device))
 
     def decode(self, encoded: Sequence[Encoded], prompts: Sequence[Prompts], multimask_output: bool = True,
                mask_input=None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         model = self.model
         out = []
         for item, prompt in zip(encoded, prompts):
-            labels = torch.ones(len(prompt), dtype=torch.int, device=self.device)
             with prompt_encoding(self.dtype, self.device):
-                sparse, dense = model.prompt_encoder(points=(prompt.points[:, None, :], labels[:, None]),
-                                                     boxes=None, masks=None)
+                sparse, dense = self._encode_points(prompt.points)
             low_res, iou = model.mask_decoder(
                 image_embeddings=item.features, image_pe=self.dense_pe(model.prompt_encoder),
                 sparse_prompt_embeddings=sparse.to(self.dtype), dense_prompt_embeddings=dense.to(self.dtype),
@@ -193,6 +191,33 @@ class SamAdapter(_Adapter):
 
     def upscale(self, low_res: torch.Tensor, encoded: Encoded) -> torch.Tensor:
         return self.model.postprocess_masks(low_res, encoded.input_size, encoded.crop_size)
+
+    def _encode_points(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``prompt_encoder(points=(points[:, None], ones), boxes=None, masks=None)``: (sparse, dense).
+
+        segment_anything's ``PromptEncoder._embed_points`` updates rows by label with boolean-mask indexing
+        (``emb[labels == -1] += w`` ...), and each such index reads the mask's count on the host: four host
+        waits per decoder call. For its own ``PromptEncoder`` the same arithmetic runs here with
+        ``torch.where`` (each row's value is computed as upstream computes it: 0 + w for the padding
+        point, pe + w for a positive point, in the promoted dtype and rounded to pe's as its in-place adds
+        do); any other prompt encoder is called as it is."""
+        encoder = self.model.prompt_encoder
+        n = points.shape[0]
+        if (type(encoder).__name__, type(encoder).__module__) != ("PromptEncoder",
+                                                                  "segment_anything.modeling.prompt_encoder"):
+            labels = torch.ones((n, 1), dtype=torch.int, device=points.device)
+            return encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
+        weight = encoder.point_embeddings[0].weight
+        # _embed_points(pad=True): shift to pixel centres, then a padding point (0, 0) of label -1.
+        coords = torch.cat([points[:, None, :] + 0.5, torch.zeros((n, 1, 2), device=points.device)], dim=1)
+        pe = encoder.pe_layer.forward_with_coords(coords, encoder.input_image_size)
+        padding = (torch.arange(2, device=pe.device) == 1)[None, :, None]
+        not_a_point = (torch.zeros_like(pe) + encoder.not_a_point_embed.weight).to(pe.dtype)
+        positive = (pe + encoder.point_embeddings[1].weight).to(pe.dtype)
+        point_embeddings = torch.where(padding, not_a_point, positive)
+        sparse = torch.cat([torch.empty((n, 0, weight.shape[1]), device=weight.device), point_embeddings], dim=1)
+        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *encoder.image_embedding_size)
+        return sparse, dense
 
 
 def sam2_image_features(model, batch: torch.Tensor) -> List[torch.Tensor]:
@@ -225,18 +250,18 @@ class Sam2Adapter(_Adapter):
         # torchvision's ToTensor, Resize((R, R)) (antialiased bilinear; identity at equal size), Normalize.
         pixels = torch.from_numpy(np.ascontiguousarray(crop).transpose(2, 0, 1)).contiguous()
         if self.preprocess_on_device:
-            pixels = pixels.to(self.device)
+            pixels = pixels.to(self.device, non_blocking=True)
         pixels = pixels.to(torch.get_default_dtype()).div(255)
         if tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
             pixels = F.interpolate(pixels[None], (self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)[0]
-        mean = torch.as_tensor(SAM2_PIXEL_MEAN, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-        std = torch.as_tensor(SAM2_PIXEL_STD, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        mean = device_constants(SAM2_PIXEL_MEAN, pixels.dtype, pixels.device).view(-1, 1, 1)
+        std = device_constants(SAM2_PIXEL_STD, pixels.dtype, pixels.device).view(-1, 1, 1)
         return pixels.sub_(mean).div_(std)
 
     def encode(self, crop_images: Sequence[np.ndarray]) -> List[Encoded]:
         model = self.model
-        batch = torch.stack([self._preprocess(crop) for crop in crop_images]).to(self.device)
+        batch = torch.stack([self._preprocess(crop) for crop in crop_images]).to(self.device, non_blocking=True)
         feats = sam2_image_features(model, batch.to(module_dtype(model.image_encoder)))
         # sam2's FPN neck upsamples in float32 whatever the model's dtype: the decoder gets its own dtype.
         decoder_dtype = module_dtype(model.sam_mask_decoder)
@@ -249,7 +274,7 @@ class Sam2Adapter(_Adapter):
         return encoded
 
     def grid_prompts(self, points: np.ndarray, encoded: Encoded) -> Prompts:
-        points = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+        points = host_to_device(points, self.device, torch.float32)
         return Prompts(points, points=self.transform_points(points, encoded))
 
     def transform_points(self, points: torch.Tensor, encoded: Encoded) -> torch.Tensor:

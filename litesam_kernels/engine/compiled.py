@@ -17,7 +17,10 @@ returns wrong IoUs off by 0.2 or raises a size mismatch, verified here).
 
 The data-dependent rest (survivor compaction, NMS, RLE sizes, records) stays eager, as it must. On a GPU,
 ``compile={"mode": "reduce-overhead"}`` adds CUDA graphs to the fixed-size stages (batch 1 is host-bound
-otherwise). ``compile={"backend": "aot_eager"}`` checks capture without code generation.
+otherwise); the resize tables and thresholds that ``postprocess_masks`` caches on the device are pinned once a
+graph captured them (``litesam_kernels._device_data.DeviceCache``: never evicted, so a replay never reads
+freed memory, however many image sizes follow). ``compile={"backend": "aot_eager"}`` checks capture without
+code generation.
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from litesam_kernels._device_data import device_constants
+
 Box = Tuple[int, int, int, int]  # XYXY, exclusive end
 
 
@@ -68,14 +70,22 @@ def generate_crop_boxes(image_size: Sequence[int], n_layers: int, overlap_ratio:
 
 def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: Sequence[int], image_box: Sequence[int],
                           atol: float = 20.0) -> torch.Tensor:
-    """(N,) bool: boxes (crop frame, XYXY) touching the crop's edge but not the image's (within ``atol``)."""
-    crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
-    image = torch.as_tensor(image_box, dtype=torch.float, device=boxes.device)
-    x0, y0 = crop_box[0], crop_box[1]
-    uncropped = (boxes + torch.tensor([[x0, y0, x0, y0]], device=boxes.device)).float()
-    near_crop = torch.isclose(uncropped, crop[None, :], atol=atol, rtol=0)
-    near_image = torch.isclose(uncropped, image[None, :], atol=atol, rtol=0)
+    """(N,) bool: boxes (crop frame, XYXY) touching the crop's edge but not the image's (within ``atol``).
+
+    The crop's offset and edges are cached device constants (no host-to-device copy per call)."""
+    edges = device_constants([*crop_box, *image_box], torch.float, boxes.device).view(2, 4)
+    uncropped = (boxes + crop_offset(crop_box, boxes.device)).float()
+    near_crop = torch.isclose(uncropped, edges[:1], atol=atol, rtol=0)
+    near_image = torch.isclose(uncropped, edges[1:], atol=atol, rtol=0)
     return torch.any(near_crop & ~near_image, dim=1)
+
+
+def crop_offset(crop_box: Sequence[int], device, dtype: torch.dtype = torch.int64, xyxy: bool = True
+                ) -> torch.Tensor:
+    """The crop's (x0, y0, x0, y0) (or, ``xyxy=False``, (x0, y0)) on ``device``: crop frame + offset = image
+    frame. A cached device constant (read-only)."""
+    x0, y0 = int(crop_box[0]), int(crop_box[1])
+    return device_constants((x0, y0, x0, y0) if xyxy else (x0, y0), dtype, device)
 
 
 def box_xyxy_to_xywh(box: np.ndarray) -> np.ndarray:
@@ -119,5 +129,5 @@ def normalized_coords(points: torch.Tensor, original_size: Sequence[int], resolu
 
 
 __all__ = ["Box", "box_area", "box_xyxy_to_xywh", "build_all_layer_point_grids", "build_point_grid",
-           "generate_crop_boxes", "is_box_near_crop_edge", "longest_side_coords", "normalized_coords",
+           "crop_offset", "generate_crop_boxes", "is_box_near_crop_edge", "longest_side_coords", "normalized_coords",
            "resized_shape"]

@@ -12,13 +12,19 @@ Per image (SAM's ``SamAutomaticMaskGenerator._generate_masks``, which SAM 2 and 
    threshold, stability, box, area); SAM 2's ``min_mask_region_area`` fills holes / sprinkles on the low-res
    logits first (``ops.small_regions.fill_small_regions``);
 4. filters (``iou > pred_iou_thresh``, ``stability >= stability_score_thresh``, prompt padding, the
-   crop-edge test), then compaction: **one host wait per decoder call** (the survivor counts of its crops);
-5. NMS within the crop (box NMS with torchvision's exact order, or mask NMS), boxes and points to the
-   image frame;
+   crop-edge test), then compaction: **one host wait per decoder call** (:func:`survivor_counts`, the
+   survivor counts of its crops);
+5. NMS within the crop (box NMS with torchvision's exact order, or mask NMS; the NMS waits once for its
+   keep list), boxes and points to the image frame;
 6. when all crops of an image are done: NMS across crops (scores 1 / crop area), SAM 1's small-region pass
    (``min_mask_region_area``: holes then islands on the full-resolution masks, then NMS), image-frame masks
    ``masks_per_chunk`` at a time -> RLE run lengths on the device (or the packed masks themselves), and one
-   device-to-host copy for the image's records.
+   device-to-host copy for the image's records (each of these waits for the device: per image, not per call).
+
+Host waits happen only there (and in SAM 2's ``min_mask_region_area`` hole filling, which sizes its
+connected components). Nothing else in the loops copies host data with a wait: crop offsets, crop edges and
+thresholds are cached device constants, host data (point grids, images, sizes) is copied ``non_blocking``
+(``litesam_kernels._device_data``); ``tests/test_host_syncs.py`` counts them.
 
 Masks stay bit-packed in their crop's frame from step 3 on (32x smaller than bool); full-resolution float
 logits exist only in the unfused path, one point batch at a time.
@@ -32,10 +38,11 @@ import numpy as np
 import torch
 
 from litesam_kernels import ops
+from litesam_kernels._device_data import host_to_device
 from litesam_kernels.engine import records as rec
 from litesam_kernels.engine import stages
 from litesam_kernels.engine.adapters import Encoded, Prompts
-from litesam_kernels.engine.geometry import generate_crop_boxes, is_box_near_crop_edge
+from litesam_kernels.engine.geometry import crop_offset, generate_crop_boxes, is_box_near_crop_edge
 from litesam_kernels.ops.bitmask import packed_width, unpack_masks
 from litesam_kernels.ops.small_regions import fill_small_regions
 
@@ -111,8 +118,15 @@ class CropMasks:
     iou_preds: torch.Tensor  # (K,)
     stability: torch.Tensor  # (K,) float32
     points: torch.Tensor     # (K, 2) the records' point dtype
-    # segment_anything quirk: some point batch kept no mask after the score filters (float32 boxes).
-    float_boxes: bool = False
+    # (1,) bool on the device, read with the image's records: did every point batch keep a mask after the
+    # score filters? (segment_anything quirk: float32 boxes when not); None when not tracked.
+    all_scored: Optional[torch.Tensor] = None
+
+
+def survivor_counts(valid: Sequence[torch.Tensor]) -> List[int]:
+    """The one host wait of a decoder call: how many candidates of each crop survived the filters (the
+    sizes of their compaction)."""
+    return torch.stack([flags.sum() for flags in valid]).tolist()
 
 
 class Engine:
@@ -177,8 +191,7 @@ class Engine:
                     low_res, iou = self._refine(encoded[c], part, low_res)
                 candidates.append(self._candidates(encoded[c], part, low_res, iou, group[c][1], image_sizes[c],
                                                    start, masks_per_prompt))
-            # The one host wait of this decoder call: how many candidates of each crop survived.
-            counts = torch.stack([cand["valid"].sum() for cand in candidates]).tolist()
+            counts = survivor_counts([cand["valid"] for cand in candidates])
             for c, cand, count in zip(active, candidates, counts):
                 if "scored" in cand:
                     scored[c].append(cand.pop("scored"))
@@ -247,13 +260,11 @@ class Engine:
             keep = ops.mask_nms(data["packed"], data["iou_preds"].float(), opts.mask_nms_thresh,
                                 boxes=data["boxes"], width=encoded.crop_size[1])
         data = {k: v[keep] for k, v in data.items()}
-        x0, y0 = crop_box[:2]
-        offset = torch.tensor([[x0, y0, x0, y0]], device=data["boxes"].device)
         points = prompts.record_points[data["point_index"].to(prompts.record_points.device)]
-        points = points + torch.tensor([[x0, y0]], device=points.device)
-        float_boxes = bool(scored) and not bool(torch.cat(scored).all())
-        return CropMasks(crop_box, data["packed"], data["boxes"] + offset, data["iou_preds"], data["stability"],
-                         points, float_boxes)
+        points = points + crop_offset(crop_box, points.device, points.dtype, xyxy=False)
+        all_scored = torch.cat(scored).all().reshape(1) if scored else None
+        return CropMasks(crop_box, data["packed"], data["boxes"] + crop_offset(crop_box, data["boxes"].device),
+                         data["iou_preds"], data["stability"], points, all_scored)
 
     # ------------------------------------------------------------------------------------------ images
     def _finish_image(self, crops: List[CropMasks], image_size) -> List[Dict[str, Any]]:
@@ -272,7 +283,7 @@ class Engine:
 
         if len(crops) > 1:
             crop_boxes = torch.tensor([list(c.crop_box) for c in crops])
-            scores = stages.crop_nms_scores(crop_boxes)[crop_of].to(fields["boxes"].device)
+            scores = host_to_device(stages.crop_nms_scores(crop_boxes)[crop_of], fields["boxes"].device)
             select(stages.sam_batched_nms(fields["boxes"].float(), scores, opts.crop_nms_thresh))
         packed_full = None
         if opts.small_regions == "sam1" and opts.min_mask_region_area > 0 and len(row_of) > 0:
@@ -295,21 +306,23 @@ class Engine:
                 mask_parts.setdefault(key, []).append(value)
         fields["iou_preds"] = fields["iou_preds"].float()  # numpy has no bfloat16
         fields["stability"] = fields["stability"].float()
-        host = rec.to_host_once({**fields, **{k: torch.cat(v) for k, v in mask_parts.items()}})
+        scored = [c.all_scored for c in crops if c.all_scored is not None]
+        quirks = {"all_scored": torch.cat(scored).to(fields["boxes"].device)} if scored else {}
+        host = rec.to_host_once({**fields, **{k: torch.cat(v) for k, v in mask_parts.items()}, **quirks})
         segmentation, areas = rec.segmentations(opts.output_mode, host, height, width)
-        box_dtype, crop_box_dtype = self._box_dtypes(crops)
+        box_dtype, crop_box_dtype = self._box_dtypes(crops, "all_scored" in host and not host["all_scored"].all())
         crop_boxes = np.array([c.crop_box for c in crops], dtype=crop_box_dtype)[crop_of.numpy()]
         return rec.build_records(segmentation, areas, host["boxes"].astype(box_dtype), host["iou_preds"],
                                  host["points"], host["stability"], crop_boxes)
 
-    def _box_dtypes(self, crops: List[CropMasks]):
+    def _box_dtypes(self, crops: List[CropMasks], float_boxes: bool):
         style = self.options.field_types
         if style == "sam2":
             return np.float32, np.float32
         if style == "plain":
             return np.int64, np.int64
         # segment_anything's torch.cat promotions (EngineOptions.field_types).
-        return (np.float32 if any(c.float_boxes for c in crops) else np.int64,
+        return (np.float32 if float_boxes else np.int64,
                 np.float32 if any(c.packed.shape[0] == 0 for c in crops) else np.int64)
 
     def _image_frame(self, crops: List[CropMasks], crop_of: torch.Tensor, row_of: torch.Tensor,

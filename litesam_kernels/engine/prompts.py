@@ -13,6 +13,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
+from litesam_kernels._device_data import host_to_device
 from litesam_kernels.engine.adapters import Encoded, Prompts
 from litesam_kernels.ops.ppn_decode import ppn_decode
 
@@ -49,17 +50,19 @@ class AutoPPNPrompts:
         heatmap_logits = torch.cat([item.heads[0] for item in encoded])
         box_regression = torch.cat([item.heads[1] for item in encoded])
         device = heatmap_logits.device
-        input_sizes = torch.tensor([item.input_size for item in encoded], dtype=torch.int64, device=device)
+        # Host data copied without a host wait (a blocking copy here would wait for the encoder).
+        input_sizes = host_to_device([item.input_size for item in encoded], device, torch.int64)
+        # Records report the peaks in crop pixels: (crop w / input w, crop h / input h) per crop.
+        scales = host_to_device([[item.crop_size[1] / item.input_size[1], item.crop_size[0] / item.input_size[0]]
+                                 for item in encoded], device)
         stride = adapter.image_size / heatmap_logits.shape[-1]
         decoded = ppn_decode(heatmap_logits, box_regression, k=self.k, score_threshold=self.score_threshold,
                              stride=stride, image_sizes=input_sizes)
         valid = torch.arange(self.k, device=device) < decoded.num_valid[:, None]
         prompts = []
-        for i, item in enumerate(encoded):
-            (crop_h, crop_w), (input_h, input_w) = item.crop_size, item.input_size
-            scale = torch.tensor([crop_w / input_w, crop_h / input_h], device=device)
+        for i in range(len(encoded)):
             prompts.append(Prompts(
-                decoded.points[i] * scale,
+                decoded.points[i] * scales[i],
                 points=decoded.points[i] if "point" in self.prompt else None,
                 boxes=decoded.boxes[i] if "box" in self.prompt else None,
                 valid=valid[i],

@@ -34,12 +34,14 @@ import torch.nn.functional as F
 
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_real, check_tensor
+from litesam_kernels._device_data import DeviceCache
 from litesam_kernels.ops.bitmask import pack_masks, packed_width, unpack_masks
 
 SAM_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REFERENCE_CHUNK = 8  # masks resized at once by the reference (bounds its full-resolution memory)
-_TABLES: dict = {}  # (low_h, low_w, image_size, input_size, original_size, layout, device) -> resize tables
-_MAX_CACHED_TABLES = 64
+# (low_h, low_w, image_size, input_size, original_size, layout, device) -> resize tables; graph-safe: a
+# table a CUDA graph captured (SegmentEverything(compile={"mode": "reduce-overhead"})) is never evicted.
+_TABLES = DeviceCache(64)
 
 _STABILITY = _backend.register(_backend.OpImplementations("stability_score", has_triton=True))
 _BOXES = _backend.register(_backend.OpImplementations("masks_to_boxes", has_triton=True))
@@ -307,22 +309,21 @@ def _resize_tables(low_res_logits, input_size, original_size, image_size, struct
     """(y1, x1, y2, x2): stage-1 tables cropped to input_size, stage-2 tables to original_size, (size, 4)
     rows (the C++ kernel's layout) or, with ``struct_of_arrays``, (4, size) contiguous (the Triton kernel's:
     consecutive columns are consecutive addresses); built on the logits' device once per (sizes, layout,
-    device) and cached (a pipeline calls with the same sizes)."""
+    device) and cached (a pipeline calls with the same sizes; ``DeviceCache``: safe under CUDA graphs)."""
     _, low_h, low_w = low_res_logits.shape
     device = low_res_logits.device
-    key = (low_h, low_w, int(image_size), tuple(input_size), tuple(original_size), struct_of_arrays, device)
-    tables = _TABLES.get(key)
-    if tables is None:
+
+    def build():
         tables = (bilinear_table(low_h, image_size, device)[: input_size[0]].contiguous(),
                   bilinear_table(low_w, image_size, device)[: input_size[1]].contiguous(),
                   bilinear_table(input_size[0], original_size[0], device),
                   bilinear_table(input_size[1], original_size[1], device))
         if struct_of_arrays:
             tables = tuple(table.t().contiguous() for table in tables)
-        _TABLES[key] = tables
-        while len(_TABLES) > _MAX_CACHED_TABLES:
-            _TABLES.pop(next(iter(_TABLES)))
-    return tables
+        return tables
+
+    key = (low_h, low_w, int(image_size), tuple(input_size), tuple(original_size), struct_of_arrays, device)
+    return _TABLES.get(key, build)
 
 
 def _rounded_thresholds(dtype, mask_threshold: float, stability_offset: float):

@@ -12,11 +12,23 @@ and its launcher calls ``FWD_CONFIGS.launch(key, run)``, where ``run(config)`` l
 
 1. the one a test forced (``with force_config("conv_mlp.fwd", 1): ...``): how the CPU suite runs every GPU
    configuration under ``TRITON_INTERPRET=1``, on small inputs;
-2. on a GPU, with several configurations and ``LITESAM_AUTOTUNE`` not ``0``: the fastest for ``key`` (the
-   input sizes that matter), each timed once with CUDA events on the first call with that key and cached
-   for the process. ``run`` must be repeatable (it rewrites its outputs); a kernel that accumulates into its
-   outputs passes ``reset`` to clear them before each timed run and before the final one;
+2. on a GPU, with several configurations and ``LITESAM_AUTOTUNE`` not ``0``: the fastest for ``key``, each
+   configuration timed once (``triton.testing.do_bench``, ~20 ms per configuration) on the first call with
+   that key; the choice is cached for the process (the last ``TUNED_KEYS`` keys per family, least recently
+   used dropped first). A key first seen while a CUDA graph is being captured runs the default (timing
+   synchronises; the graph keeps the choice it captured). ``run`` must be repeatable (it rewrites its
+   outputs); a kernel that accumulates into its outputs passes ``reset`` to clear them before each timed
+   run and before the final one;
 3. otherwise the family's ``default`` configuration (index 0 unless given).
+
+``LITESAM_AUTOTUNE`` (environment, read at every launch): ``1`` (default) autotunes as in 2; ``0`` never
+times anything and runs each family's default (reproducible launches, no first-call cost).
+
+Keys: a key holds what changes the best configuration, not every size: dtypes, constexpr switches, model
+constants (channels, heads, kernel sizes) exactly, and sizes that vary with the data (image sizes, mask,
+box and token counts, batch) as powers of two (:func:`size_bucket`, :func:`rows_bucket`). Exact sizes
+would re-time every family for nearly every image of a folder of photos (each new (H, W) a new key: several
+do_bench runs, far over SegEvery's ~5 ms per image); bucketed, a process tunes a family a few times.
 
 Every configuration that runs is recorded; ``tests/test_zz_launch_configs.py`` fails the full suite when a
 declared configuration never ran. ``aot_entries`` turns configurations into ``AOT_KERNELS`` entries, so CI
@@ -27,12 +39,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from litesam_kernels import _device_data
 from litesam_kernels._backend import interpreter_on
 
 AUTOTUNE_ENV = "LITESAM_AUTOTUNE"
+TUNED_KEYS = 64  # tuned keys kept per family (bucketed keys: a process needs a few; this bounds a long run)
 _FAMILIES: Dict[str, "LaunchConfigs"] = {}
 _EXECUTED: Set[Tuple[str, int]] = set()
 _forced = threading.local()
@@ -72,7 +87,8 @@ class LaunchConfigs:
         self.name = name
         self.configs: Tuple[LaunchConfig, ...] = tuple(configs)
         self.default = default
-        self._tuned: Dict[Hashable, int] = {}
+        self._tuned: "OrderedDict[Hashable, int]" = OrderedDict()  # key -> index, least recently used first
+        self._tuned_lock = threading.Lock()
         _FAMILIES[name] = self
 
     def __len__(self) -> int:
@@ -86,9 +102,25 @@ class LaunchConfigs:
             return forced
         if len(self.configs) == 1 or interpreter_on() or os.environ.get(AUTOTUNE_ENV, "1") == "0":
             return self.default
-        if key not in self._tuned:
-            self._tuned[key] = self._fastest(run, reset)
-        return self._tuned[key]
+        with self._tuned_lock:
+            index = self._tuned.get(key)
+            if index is not None:
+                self._tuned.move_to_end(key)
+                return index
+        if _device_data.capturing():  # timing synchronises, which a CUDA-graph capture forbids
+            return self.default
+        index = self._fastest(run, reset)  # outside the lock: another thread may tune the same key too
+        with self._tuned_lock:
+            self._tuned[key] = index
+            self._tuned.move_to_end(key)
+            while len(self._tuned) > TUNED_KEYS:
+                self._tuned.popitem(last=False)
+        return index
+
+    def tuned_keys(self) -> List[Hashable]:
+        """The keys whose choice is cached, least recently used first (for tests and diagnostics)."""
+        with self._tuned_lock:
+            return list(self._tuned)
 
     def launch(self, key: Hashable, run: Callable[[LaunchConfig], object],
                reset: Optional[Callable[[], object]] = None):
@@ -125,6 +157,19 @@ class LaunchConfigs:
             opts = {**config.options(), **(options or {})}
             entries.append((kernel, dict(signature), {**constexprs, **config.meta}, opts))
         return entries
+
+
+def size_bucket(n: int) -> int:
+    """``n`` rounded up to a power of two (0 and 1 unchanged): a data-dependent size in an autotune key."""
+    n = int(n)
+    return n if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def rows_bucket(shape: Sequence[int]) -> Tuple[int, int, int]:
+    """Key part of an NHWC ``(B, H, W, C)`` shape for row-tile kernels: (bucketed B*H rows, bucketed W,
+    exact C). Batch and image size vary with the data; the channel count is the model's."""
+    b, h, w, c = (int(s) for s in shape)
+    return size_bucket(b * h), size_bucket(w), c
 
 
 @contextlib.contextmanager

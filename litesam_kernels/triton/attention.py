@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, size_bucket
 from litesam_kernels.triton._precision import dot_precision
 from litesam_kernels.triton._sized_configs import AOT_DTYPES, SizedConfigs, row_bytes
 from litesam_kernels.triton._tiles import grid_1d
@@ -392,7 +392,7 @@ def _acc(dtype):
 
 def _tune_key(q, k, *extra):
     b, lq, nh, d = q.shape
-    return (b, triton.next_power_of_2(lq), triton.next_power_of_2(k.shape[1]), nh, d, q.dtype, *extra)
+    return (size_bucket(b), size_bucket(lq), size_bucket(k.shape[1]), nh, d, q.dtype, *extra)
 
 
 def attention_forward(q, k, v, scale):
@@ -480,7 +480,7 @@ def kv_pool_forward(x, sizes):
             _kv_pool_fwd_kernel[grid](x, out, h, w, c, out.shape[1], t0, S=s, **config.kwargs())
             t0 += n
 
-    POOL_FWD_CONFIGS.launch((b, h, w, c, tuple(sizes), x.dtype), run)
+    POOL_FWD_CONFIGS.launch((size_bucket(b), size_bucket(h), size_bucket(w), c, tuple(sizes), x.dtype), run)
     return out
 
 
@@ -494,7 +494,7 @@ def kv_pool_backward(g, x_shape, sizes):
         _kv_pool_bwd_kernel[grid](g, dx, h, w, c, g.shape[1], S0=padded[0], S1=padded[1], S2=padded[2],
                                   **config.kwargs())
 
-    POOL_BWD_CONFIGS.launch((b, h, w, c, tuple(sizes), g.dtype), run)
+    POOL_BWD_CONFIGS.launch((size_bucket(b), size_bucket(h), size_bucket(w), c, tuple(sizes), g.dtype), run)
     return dx
 
 

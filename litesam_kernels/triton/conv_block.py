@@ -18,7 +18,7 @@ import triton.language as tl
 
 from litesam_kernels.triton import _tiles as tiles
 from litesam_kernels.triton._activations import fast_gelu_for, gelu, gelu_and_grad
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, rows_bucket
 
 MAX_BLOCK_C = 64
 WGRAD_PARTIALS = 256  # partial rows of the weight gradient per channel block: the GPU's parallelism, not the image's
@@ -169,7 +169,7 @@ def dwconv_forward(x, w_taps, bias, k, act, residual, fast=None):
     tiles.check_image_size("x", x.shape)
     out = torch.empty_like(x)
     b, h, w, c = x.shape
-    _launch_row_tiles(FWD_CONFIGS, _dwconv_fwd_kernel, x.shape, (tuple(x.shape), x.dtype, k), x, w_taps, bias,
+    _launch_row_tiles(FWD_CONFIGS, _dwconv_fwd_kernel, x.shape, (rows_bucket(x.shape), x.dtype, k), x, w_taps, bias,
                       out, h, w, c, K=k, ACT=act, FAST=fast, RESIDUAL=residual)
     return out
 
@@ -189,7 +189,7 @@ def dwconv_backward(grad, x, w_taps, bias, k, act, residual, fast=None, max_part
     fast = fast_gelu_for(x.dtype) if fast is None else fast
     tiles.check_image_size("x", x.shape)
     b, h, w, c = x.shape
-    key = (tuple(x.shape), x.dtype, k)
+    key = (rows_bucket(x.shape), x.dtype, k)
     if act:
         gu = torch.empty(x.shape, dtype=w_taps.dtype, device=x.device)
         _launch_row_tiles(GRAD_PRE_CONFIGS, _dwconv_grad_pre_kernel, x.shape, key, x, w_taps, bias, grad, gu,

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from litesam_kernels.triton import _tiles as tiles
 from litesam_kernels.triton._activations import fast_gelu_for, gelu, gelu_and_grad
-from litesam_kernels.triton._configs import LaunchConfig
+from litesam_kernels.triton._configs import LaunchConfig, size_bucket
 from litesam_kernels.triton._norms import layer_norm_rows, layer_norm_rows_backward
 from litesam_kernels.triton._precision import dot_precision
 from litesam_kernels.triton._sized_configs import AOT_DTYPES, SizedConfigs, row_bytes
@@ -151,7 +151,7 @@ def _residual_mode(x2d, res2d, norm):
 
 
 def _tune_key(x2d, hid, *flags):
-    return (triton.next_power_of_2(x2d.shape[0]), x2d.shape[1], hid, x2d.dtype, *flags)
+    return (size_bucket(x2d.shape[0]), x2d.shape[1], hid, x2d.dtype, *flags)
 
 
 def _norm_args(x2d, norm, acc):

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from litesam_kernels.triton import _tiles as tiles
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, size_bucket
 
 PARTIALS = 512
 TILE_ELEMENTS = 8192  # at most BLOCK_M x BLOCK_C values per program: wide rows get fewer of them
@@ -86,7 +86,7 @@ def layer_norm_forward(x2d, weight, bias, eps):
             x2d, weight, bias, y, m, c, eps, **dict(config.kwargs(), BLOCK_M=block_m), BLOCK_C=block_c)
         return y
 
-    return FWD_CONFIGS.launch((m, c, x2d.dtype), run)
+    return FWD_CONFIGS.launch((size_bucket(m), c, x2d.dtype), run)
 
 
 def layer_norm_backward(g2d, x2d, weight, eps, max_partials=PARTIALS):
@@ -104,7 +104,7 @@ def layer_norm_backward(g2d, x2d, weight, eps, max_partials=PARTIALS):
         sums = partial.sum(0)  # deterministic: a fixed reduction order over the programs
         return dx, sums[0], sums[1].clone()  # separate tensors: a custom op's outputs may not alias
 
-    return BWD_CONFIGS.launch((m, c, x2d.dtype), run)
+    return BWD_CONFIGS.launch((size_bucket(m), c, x2d.dtype), run)
 
 
 def _aot_entries(dtype, channels):

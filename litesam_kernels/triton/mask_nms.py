@@ -30,7 +30,7 @@ import triton.language as tl
 
 from litesam_kernels.triton import _bits
 from litesam_kernels.triton import _mask_common as common
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, size_bucket
 
 PAIR_TILE = 32  # candidate pairs per tile side (count and emit use the same tiling: offsets are per tile)
 ITEM_ROWS = 16  # rows of a pair's window per item (item counts depend on it, so it is not a launch choice)
@@ -159,7 +159,7 @@ def mask_areas(packed: torch.Tensor) -> torch.Tensor:
             _mask_area_kernel[(triton.cdiv(n, config.meta["BLOCK_M"]),)](
                 packed, areas, n, mask_words, HW_POPC=_bits.hardware_popcount(), **config.kwargs())
 
-        AREA_CONFIGS.launch(mask_words, run)
+        AREA_CONFIGS.launch(size_bucket(mask_words), run)
     return areas
 
 
@@ -225,7 +225,7 @@ def overlapping_pair_intersections(packed_a: torch.Tensor, windows_a: torch.Tens
                 packed_a, packed_b, pairs, first_item, item_pair, partial, item_count, pair_count, words,
                 mask_words, ITEM_ROWS=ITEM_ROWS, HW_POPC=_bits.hardware_popcount(), **config.kwargs())
 
-        POPCOUNT_CONFIGS.launch(words, popcount)
+        POPCOUNT_CONFIGS.launch(size_bucket(words), popcount)
         inter = torch.zeros(pair_count, dtype=torch.int32, device=device).index_add_(0, item_pair, partial)
         yield pairs[0].to(torch.int64), pairs[1].to(torch.int64), inter
 

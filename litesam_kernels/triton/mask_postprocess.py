@@ -20,7 +20,7 @@ import triton.language as tl
 
 from litesam_kernels.triton import _bits
 from litesam_kernels.triton import _mask_common as common
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, size_bucket
 from litesam_kernels.triton._constants import device_constants
 
 BITS = 32
@@ -197,6 +197,14 @@ def _postprocess_kernel(logits_ptr, y1_ptr, x1_ptr, y2_ptr, x2_ptr, thresholds_p
                              height, width)
 
 
+def _tune_key(switches: tuple, masks: int, height: int, words: int) -> tuple:
+    """Autotune key: the switches (dtype, packed, SAME_* flags) exactly; the rows (masks x height) and the
+    32-pixel words per row as powers of two. The grid is (masks x row blocks) and each program loops over
+    the words of its rows, so these two decide how a configuration fills the GPU; the exact image and crop
+    sizes (a new pair for nearly every photo) do not."""
+    return (*switches, size_bucket(masks * height), size_bucket(words))
+
+
 def stability_counts(logits: torch.Tensor, high: float, low: float) -> torch.Tensor:
     """(M, row_blocks, 2) int32 partial [intersection, union] counts of contiguous (M, H, W) logits."""
     m, height, width = logits.shape
@@ -210,7 +218,7 @@ def stability_counts(logits: torch.Tensor, high: float, low: float) -> torch.Ten
                                                   **config.kwargs())
         return partial
 
-    return STABILITY_CONFIGS.launch((logits.dtype, height, width), run)
+    return STABILITY_CONFIGS.launch(_tune_key((logits.dtype,), m, height, triton.cdiv(width, BITS)), run)
 
 
 def box_partials(masks: torch.Tensor, width: int, packed: bool) -> torch.Tensor:
@@ -225,7 +233,7 @@ def box_partials(masks: torch.Tensor, width: int, packed: bool) -> torch.Tensor:
                                           PACKED=packed, **config.kwargs())
         return partial
 
-    return BOX_CONFIGS.launch((packed, height, width), run)
+    return BOX_CONFIGS.launch(_tune_key((packed,), m, height, triton.cdiv(width, BITS)), run)
 
 
 def fused_postprocess(logits, y1, x1, y2, x2, thresholds, height: int, width: int, packed: bool, interpret: bool):
@@ -252,14 +260,15 @@ def fused_postprocess(logits, y1, x1, y2, x2, thresholds, height: int, width: in
             _postprocess_kernel[(n * row_blocks,)](
                 logits, y1, x1, y2, x2, thresholds, target, partial, boxes,
                 low_h, low_w, y1.shape[1], x1.shape[1], height, width, words, row_blocks,
-                PACKED=packed, SAME_HEIGHT=y1.shape[1] == height, SAME_WIDTH=x1.shape[1] == width,
+                PACKED=packed, SAME_HEIGHT=same_height, SAME_WIDTH=same_width,
                 EMULATE_FMA=interpret, HW_POPC=_bits.hardware_popcount(), enable_fp_fusion=False,
                 **config.kwargs(),
             )
         return partial, boxes
 
-    partial, boxes = POSTPROCESS_CONFIGS.launch((logits.dtype, packed, low_h, low_w, y1.shape[1], x1.shape[1],
-                                                 height, width), run)
+    same_height, same_width = y1.shape[1] == height, x1.shape[1] == width
+    partial, boxes = POSTPROCESS_CONFIGS.launch(
+        _tune_key((logits.dtype, packed, same_height, same_width), n, height, words), run)
     return masks, partial, boxes
 
 

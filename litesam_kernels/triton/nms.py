@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from litesam_kernels.triton import _mask_common as common
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, size_bucket
 from litesam_kernels.triton._constants import device_constants
 
 BOXES_PER_WORD = 64
@@ -131,7 +131,7 @@ def nms_keep_mask(boxes_sorted: torch.Tensor, groups_sorted, col_end: torch.Tens
         _nms_mask_kernel[(tiles,)](boxes_sorted, groups, col_end, threshold, mask, n, col_blocks,
                                    HAS_GROUPS=groups_sorted is not None, enable_fp_fusion=False, **config.kwargs())
 
-    MASK_CONFIGS.launch((boxes_sorted.dtype, groups_sorted is not None, col_blocks), run)
+    MASK_CONFIGS.launch((boxes_sorted.dtype, groups_sorted is not None, size_bucket(col_blocks)), run)
     return greedy_keep_from_mask(mask, col_end, n)
 
 
@@ -146,7 +146,7 @@ def greedy_keep_from_mask(mask: torch.Tensor, col_end: torch.Tensor, n: int) -> 
     def run(config):
         _nms_gather_kernel[(1,)](mask, col_end, removed, keep, n, col_blocks, **config.kwargs())
 
-    GATHER_CONFIGS.launch(col_blocks, run, reset=removed.zero_)
+    GATHER_CONFIGS.launch(size_bucket(col_blocks), run, reset=removed.zero_)
     return keep
 
 

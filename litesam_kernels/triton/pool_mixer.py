@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from litesam_kernels.triton import _tiles as tiles
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, rows_bucket
 
 MAX_POOLS = 3
 MAX_BLOCK_C = 64
@@ -385,7 +385,7 @@ def pool_mixer_forward(x, scale, pool_sizes):
             x, scale, out, h, w, c, **pools(pool_sizes), BLOCK_C=bc, **config.kwargs())
         return out
 
-    return FWD_CONFIGS.launch((tuple(x.shape), x.dtype, tuple(pool_sizes)), run)
+    return FWD_CONFIGS.launch((rows_bucket(x.shape), x.dtype, tuple(pool_sizes)), run)
 
 
 def pool_mixer_backward(grad, x, scale, pool_sizes):
@@ -403,7 +403,7 @@ def pool_mixer_backward(grad, x, scale, pool_sizes):
             grad, x, scale, dx, partial, h, w, c, **pools(pool_sizes), BLOCK_C=bc, **config.kwargs())
         return dx, partial[:, 0].sum(0), partial[:, 1].sum(0)
 
-    return BWD_CONFIGS.launch((tuple(x.shape), x.dtype, tuple(pool_sizes)), run)
+    return BWD_CONFIGS.launch((rows_bucket(x.shape), x.dtype, tuple(pool_sizes)), run)
 
 
 def _aot_entries(dtype, channels):

@@ -20,7 +20,7 @@ import triton.language as tl
 from litesam_kernels.triton import _tiles as tiles
 from litesam_kernels.triton import pool_mixer as mixer
 from litesam_kernels.triton._activations import gelu
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, rows_bucket
 
 MAX_CHANNELS = 64  # all C channels of a row tile are one dot operand
 MAX_HIDDEN = 256  # the weights (2 C HID values) stay in shared memory for the whole walk
@@ -133,7 +133,7 @@ def pool_mixer_block_forward(x, scale, w1, b1, w2, b2, pool_sizes, precision, fa
                                            **dict(config.kwargs(), BLOCK_H=block_h), HID_CHUNKS=chunks)
         return out
 
-    return configs_for(c).launch((tuple(x.shape), hid, x.dtype, tuple(pool_sizes), precision), run)
+    return configs_for(c).launch((rows_bucket(x.shape), hid, x.dtype, tuple(pool_sizes), precision), run)
 
 
 def _aot_entries(dtype, channels, hidden):

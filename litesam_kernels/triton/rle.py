@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from litesam_kernels.triton import _mask_common as common
-from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs, size_bucket
 
 # BLOCK_X: columns per program (a multiple of 32; bool: BLOCK_X / (32 * num_warps) bytes per thread and row,
 # 64/128-bit loads); ROWS: rows unrolled per step (loads in flight). The row block is not a launch choice:
@@ -134,7 +134,8 @@ def _launch(family, kernel, masks, width, packed, args, row_block):
         kernel[grid](source, *args, height, width, last if packed else 0, row_block, blocks, PACKED=packed,
                      **config.kwargs())
 
-    family.launch((packed, height, width, row_block), run)
+    # rows (masks x height) and columns as powers of two: the row block follows from them (rows_per_program)
+    family.launch((packed, size_bucket(n * height), size_bucket(width)), run)
 
 
 def column_change_counts(masks: torch.Tensor, width: int, packed: bool, row_block: int) -> torch.Tensor:
