@@ -103,6 +103,8 @@ EXTRAS = {
     "sam": ["segment-anything"],  # --model sam, litesam_kernels.amg
     "sam2": ["sam2"],  # --model sam2 (install with SAM2_BUILD_CUDA=0 to skip building its optional CUDA op)
     "ray": ["ray[data]"],  # litesam-segment --ray, litesam_kernels.distributed's Ray Data stage
+    # litesam-train / litesam-eval (torchvision too: the build that matches your torch, not listed here)
+    "train": ["Pillow", "tqdm", "segment-anything", "pycocotools"],
     "test": ["pytest", "pytest-benchmark", "torchvision", "segment-anything", "opencv-python-headless", "pycocotools"],
 }
 EXTRAS["all"] = sorted({r for name in ("triton", "cli", "sam", "sam2", "ray") for r in EXTRAS[name]})
@@ -116,7 +118,9 @@ setup(
     # torch is deliberately not listed: pip would replace the installed (CUDA) build with another one.
     install_requires=["numpy"],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["litesam-segment=litesam_kernels.cli:main"]},
+    entry_points={"console_scripts": ["litesam-segment=litesam_kernels.cli:main",
+                                      "litesam-train=litesam_kernels.train.cli:main",
+                                      "litesam-eval=litesam_kernels.train.evaluate:main"]},
     ext_modules=[build_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},
     zip_safe=False,

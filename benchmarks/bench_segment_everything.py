@@ -7,7 +7,10 @@ that repeats the image embedding per prompt. "as-built": the default dispatch (T
 post-processing: Triton on GPU, C++ on CPU; ``mask_to_rle`` on the packed masks; compiled NMS) and the
 batched decoder that broadcasts the embedding. Both produce the same records (checked before timing).
 ``segment_everything_mask_nms`` is the same comparison with ``nms="mask"`` (``ops.mask_nms`` on the
-packed masks vs its reference), at the first batch size only. For LiteViT the "as-built" model is today
+packed masks vs its reference), at the first batch size only. Half precision: "as-built" with the model in
+bfloat16 / float16 (``model.to(dtype)``) against the float32 eager reference, records checked to be close
+(``tests/_half.py``'s measure); on a GPU also "as-built+compiled" (``compile={"mode": "reduce-overhead"}``:
+the fixed-size stages compiled, CUDA graphs). For LiteViT the "as-built" model is today
 the same eager module (the fused blocks of issue 6 will replace it); the row is there so the speed-up
 appears in the same table once they land.
 
@@ -19,11 +22,13 @@ The note of each row gives ms/image and images/s.
 """
 from __future__ import annotations
 
+import copy
 from typing import List
 
 import numpy as np
 import torch
 
+from benchmarks.bench_amg import HALF_DTYPES, records_close
 from benchmarks.harness import Implementation, Row, compare
 from litesam_kernels.model import build_litesam
 from litesam_kernels.segment_everything import SegmentEverything
@@ -48,6 +53,10 @@ def _same_records(got, expected) -> bool:
     return bool(np.allclose(ious_got, ious_expected, rtol=1e-3, atol=1e-4))
 
 
+def _close_records(got, expected) -> bool:
+    return len(got) == len(expected) and all(records_close(e, g) for e, g in zip(expected, got))
+
+
 def _per_image_note(rows: List[Row], batch: int, extra: str) -> List[Row]:
     for row in rows:
         if row.median_ms:
@@ -61,14 +70,23 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
     batches = setup["batches"][:1] if quick else setup["batches"]
     torch.manual_seed(0)
     model = build_litesam("litesam", image_size=setup["image_size"]).to(device).eval()
+    with torch.no_grad():
+        # A random heatmap varies by less than bfloat16's resolution at its prior (-2.2): scaled up, its peaks
+        # are real peaks in every dtype, so the half-precision rows decode the float32 run's prompts.
+        model.ppn.heatmap.weight.mul_(100)
     size, k = setup["image_size"], setup["k"]
-    opened = dict(points_per_image=k, prompts_per_batch=min(k, 64), pred_iou_thresh=-1e9,
-                  stability_score_thresh=0.0, output_mode="coco_rle")
+    # Every threshold opened, AutoPPN's and box NMS's too: all K prompts of every image go through to records
+    # (the most work for K prompts), and no near-tie of random weights decides a record in one dtype only.
+    opened = dict(points_per_image=k, prompts_per_batch=min(k, 64), ppn_score_threshold=0.0, pred_iou_thresh=-1e9,
+                  stability_score_thresh=0.0, box_nms_thresh=1.0, output_mode="coco_rle")
     pipelines = {
         nms: (SegmentEverything.eager_reference(model, batch_size=max(batches), nms=nms, **opened),
               SegmentEverything(model, batch_size=max(batches), nms=nms, **opened))
         for nms in ("box", "mask")
     }
+    half_pipelines = {dtype: SegmentEverything(copy.deepcopy(model).to(dtype), batch_size=max(batches), **opened)
+                      for dtype in HALF_DTYPES}
+    compiled = SegmentEverything(model, batch_size=max(batches), compile={"mode": "reduce-overhead"}, **opened)
     rows: List[Row] = []
     for batch in batches:
         images = synthetic_images(batch, size)
@@ -83,6 +101,13 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
             "litevit_forward", shape, torch.float32, device, Implementation("eager-reference", encode),
             [Implementation("as-built", encode)], matches=lambda a, b: torch.allclose(a, b, atol=1e-5),
         ), batch, "as-built = eager until the fused LiteViT blocks land")
+        for dtype, half in half_pipelines.items():
+            rows += _per_image_note(compare(
+                "segment_everything", f"{shape}, K={k}", dtype, device,
+                Implementation("eager-reference float32", lambda: pipelines["box"][0].generate(images)),
+                [Implementation("as-built", lambda h=half: h.generate(images))], matches=_close_records,
+            ), batch, f"K={k} prompts/image, thresholds opened, box NMS, coco_rle; model.to(dtype), records close to "
+                      f"the float32 reference's")
         for nms, (reference, as_built) in pipelines.items():
             if nms == "mask" and batch != batches[0]:
                 continue  # the reference mask NMS unpacks every mask to float64: one batch size is enough
@@ -90,6 +115,8 @@ def run(device: torch.device, quick: bool = False) -> List[Row]:
             rows += _per_image_note(compare(
                 op, f"{shape}, K={k}", torch.float32, device,
                 Implementation("eager-reference", lambda r=reference: r.generate(images)),
-                [Implementation("as-built", lambda b=as_built: b.generate(images))], matches=_same_records,
+                [Implementation("as-built", lambda b=as_built: b.generate(images))] +
+                ([Implementation("as-built+compiled", lambda: compiled.generate(images))]
+                 if nms == "box" and device.type == "cuda" else []), matches=_same_records,
             ), batch, f"K={k} prompts/image, thresholds opened, {nms} NMS, coco_rle")
     return rows

@@ -203,6 +203,7 @@ def instruction_classes(opcodes: Counter) -> Dict[str, int]:
         "shared_store": base["STS"] + base["STSM"],
         "barrier": base["BAR"],
         "shuffle": base["SHFL"],
+        "warp_reduce": base["REDUX"],  # warp-wide integer reductions (e.g. packing 32 mask bits into a word)
         "call": base["CALL"],
         "fp64": sum(n for o, n in base.items() if o in ("DFMA", "DADD", "DMUL", "DSETP", "DMNMX")),
         "mufu": base["MUFU"],

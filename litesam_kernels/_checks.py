@@ -145,17 +145,3 @@ def check_gradient(grad, output: str, shape: Sequence[int], dtype: torch.dtype, 
         raise TypeError(f"grad must have the dtype of {output} ({dtype}), got {grad.dtype}")
     if grad.device != torch.device(device):
         raise ValueError(f"grad must be on the device of {output} ({device}), got {grad.device}")
-
-
-# ---------------------------------------------------------------------------------------------- launch limits
-CUDA_MAX_GRID = (2**31 - 1, 65535, 65535)  # programs along grid axes 0, 1, 2 (CUDA and Triton alike)
-
-
-def batch_chunks(batch: int, programs_per_item: int, limit: int = CUDA_MAX_GRID[1]) -> list:
-    """Slices of a batch of ``batch`` items whose ``len(slice) * programs_per_item`` fits a grid axis of
-    ``limit`` programs: a kernel with a (…, B * rows, …) grid runs once per slice instead of failing to launch.
-    One slice (no copy) in the common case."""
-    if programs_per_item > limit:
-        raise ValueError(f"{programs_per_item} programs per item exceed the grid limit of {limit}")
-    step = max(limit // max(programs_per_item, 1), 1)
-    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]

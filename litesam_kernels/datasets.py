@@ -85,6 +85,7 @@ def discover_images(inputs: Sequence[str] = (), *, file_lists: Sequence[str] = (
             unique.append((path, name))
     if not unique:
         raise InputError("no input images: give image files, folders, glob patterns or --file-list")
+    unique = _disambiguate_names(unique)
     stems = assign_stems([name for _, name in unique])
     return [ImageItem(i, path, name, stem) for i, ((path, name), stem) in enumerate(zip(unique, stems))]
 
@@ -167,6 +168,22 @@ def _inside_name(relative: str) -> str:
     so that no output lands outside the output folder."""
     name = os.path.normpath(relative)
     return os.path.basename(name) if name.split(os.sep)[0] == ".." else name
+
+
+def _disambiguate_names(found: List[tuple]) -> List[tuple]:
+    """Different files with the same name (``A/x.jpg`` and ``B/x.jpg`` given as two folders) are named by
+    their real paths relative to the deepest folder they share (``A/x.jpg``, ``B/x.jpg``). The names then
+    depend on the set of files, not on the input order, so a resumed run with the inputs in another order
+    finds each image's own outputs."""
+    by_name: dict = {}
+    for path, name in found:
+        by_name.setdefault(name, []).append(os.path.realpath(path))
+    renamed = {}
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            root = os.path.commonpath([os.path.dirname(p) for p in paths])
+            renamed.update({(name, p): os.path.relpath(p, root) for p in paths})
+    return [(path, renamed.get((name, os.path.realpath(path)), name)) for path, name in found]
 
 
 def assign_stems(names: Sequence[str]) -> List[str]:

@@ -122,9 +122,20 @@ def sa1b_annotations(records: Sequence[Dict[str, Any]], image_id: int) -> List[D
              "crop_box": r["crop_box"]} for k, r in enumerate(records)]
 
 
+SOURCE_KEY = "source_path"  # beyond SA-1B's image fields: which file the annotations came from (for resuming)
+
+
+def _sa1b_source(path) -> Optional[str]:
+    try:
+        return json.loads(Path(path).read_bytes())["image"].get(SOURCE_KEY)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def sa1b_document(item: ImageItem, height: int, width: int, records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """One image's SA-1B JSON: ``image`` {image_id, file_name, width, height} and ``annotations``."""
-    return {"image": {"image_id": item.image_id, "file_name": item.name, "width": width, "height": height},
+    return {"image": {"image_id": item.image_id, "file_name": item.name, "width": width, "height": height,
+                      SOURCE_KEY: os.path.realpath(item.path)},
             "annotations": sa1b_annotations(records, item.image_id)}
 
 
@@ -211,7 +222,11 @@ class OutputLayout:
         return paths + ([self.overlay_path(item)] if self.overlay else [])
 
     def is_done(self, item: ImageItem) -> bool:
-        return all(path.exists() for path in self.per_image_outputs(item))
+        """Every output exists, and the SA-1B file (when written) was made from this very image file: an
+        output folder reused for other inputs with the same names is redone, not taken as finished."""
+        if not all(path.exists() for path in self.per_image_outputs(item)):
+            return False
+        return not self.writes_sa1b or _sa1b_source(self.sa1b_path(item)) == os.path.realpath(item.path)
 
     def write(self, item: ImageItem, image: np.ndarray, records: Sequence[Dict[str, Any]]) -> None:
         """Write one image's outputs; each appears complete or not at all."""

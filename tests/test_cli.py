@@ -133,6 +133,15 @@ class TestDiscovery:
         found = discover_images([str(root)], recursive=True, exclude=[str(root / "out")])
         assert [i.name for i in found] == ["chelsea.png"]
 
+    def test_same_names_in_two_folders_do_not_depend_on_the_order(self, tmp_path):
+        for folder in ("A", "B"):
+            (tmp_path / folder).mkdir()
+            Image.fromarray(np.full((4, 4, 3), ord(folder), np.uint8)).save(tmp_path / folder / "x.png")
+        ab = discover_images([str(tmp_path / "A"), str(tmp_path / "B")])
+        ba = discover_images([str(tmp_path / "B"), str(tmp_path / "A")])
+        assert [(i.name, i.stem) for i in ab] == [("A/x.png", "A/x"), ("B/x.png", "B/x")]
+        assert {os.path.realpath(i.path): i.stem for i in ab} == {os.path.realpath(i.path): i.stem for i in ba}
+
     @pytest.mark.parametrize("make, message", [
         (lambda p: [str(p / "missing.jpg")], "no such file or folder"),
         (lambda p: [str(p / "empty")], "no images in folder"),
@@ -276,6 +285,19 @@ class TestWriters:
         assert list(annotation) == ["id", "segmentation", "area", "bbox", "predicted_iou", "stability_score",
                                     "point_coords", "crop_box"]
 
+    def test_done_only_for_the_image_it_was_made_from(self, tmp_path):
+        """An output folder reused for another image of the same name: that image is redone, not skipped."""
+        layout = OutputLayout(tmp_path / "out", ("sa1b",))
+        image = np.zeros((4, 6, 3), np.uint8)
+        for folder in ("A", "B"):
+            (tmp_path / folder).mkdir()
+            Image.fromarray(image).save(tmp_path / folder / "x.png")
+        (item_a,) = discover_images([str(tmp_path / "A")])
+        (item_b,) = discover_images([str(tmp_path / "B")])
+        assert item_a.stem == item_b.stem and not layout.is_done(item_a)
+        layout.write(item_a, image, [])
+        assert layout.is_done(item_a) and not layout.is_done(item_b)
+
     def test_layout(self, tmp_path):
         with pytest.raises(ValueError, match="formats"):
             OutputLayout(tmp_path, ("sa1b", "yaml"))
@@ -308,7 +330,8 @@ class TestSamFolderRun:
             for (item, image), records in zip(group, expected):
                 document = json.loads((sam_run.out / "sa1b" / f"{item.stem}.json").read_text())
                 assert document["image"] == {"image_id": item.index + 1, "file_name": item.name,
-                                             "width": image.shape[1], "height": image.shape[0]}
+                                             "width": image.shape[1], "height": image.shape[0],
+                                             "source_path": os.path.realpath(item.path)}
                 annotations = document["annotations"]
                 assert len(annotations) == len(records) > 0
                 for k, (annotation, record) in enumerate(zip(annotations, records)):
@@ -471,8 +494,6 @@ class TestLiteSAM:
         assert status == 0 and "2/2" not in err and "loading" not in err and "2 images: 2 segmented" in err
 
 class TestHalfPrecision:
-    @pytest.mark.xfail(strict=True, reason="SegEvery and the SAM drop-in in bf16 are the engine helper's work "
-                                           "(issue 9): they pass once it merges; the lead removes this mark")
     @pytest.mark.parametrize("model", ["litesam", "sam"])
     def test_bf16(self, space, tmp_path, capsys, model):
         checkpoint = {"litesam": ["--checkpoint", space.litesam_checkpoint, *option_flags(LITESAM_OPTIONS)],
@@ -594,7 +615,6 @@ class TestSAM2:
             check_rle_geometry(annotation)
 
     def test_cli_equals_sam2s_generator_through_the_drop_in(self, sam2_files, space, tmp_path, capsys):
-        pytest.importorskip("litesam_kernels.sam2_amg")  # the engine helper's module; the lead removes this at merge
         checkpoint, yaml = sam2_files
         out = tmp_path / "out"
         names = ["rocket_exif.jpg", "camera.png"]

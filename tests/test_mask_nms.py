@@ -5,8 +5,9 @@ import importlib
 import pytest
 import torch
 
-from tests.helpers import lk, runnable_backends
+from litesam_kernels import _backend
 from litesam_kernels.ops.bitmask import pack_masks
+from tests.helpers import lk, runnable_backends
 
 mask_nms_module = importlib.import_module("litesam_kernels.ops.mask_nms")
 _MASK_IOU = mask_nms_module._MASK_IOU
@@ -162,6 +163,19 @@ class TestMaskNms:
         assert copies.tolist() == [0]  # 70 tied copies (more than one 64-bit word): the lowest index wins
 
     @pytest.mark.parametrize("backend", runnable_backends(_MASK_NMS))
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+    def test_score_dtypes(self, backend, dtype):
+        """Scores only order the visit (sorted in their own dtype, ties by index; bf16's 8 mantissa bits make
+        ties common); IoUs are exact counts whatever the score dtype."""
+        masks, scores = with_duplicates(blob_masks(70, 37, 70, generator=_gen(51)), torch.rand(70, generator=_gen(52)))
+        scores = scores.to(dtype)
+        idxs = torch.randint(0, 2, (70,), generator=_gen(53))
+        for groups in (None, idxs):
+            expected = mask_nms_module._mask_nms_reference(pack_masks(masks), scores, 0.4, groups, 70)
+            with lk.use_backend(backend):
+                assert torch.equal(lk.ops.mask_nms(masks, scores, 0.4, idxs=groups), expected)
+
+    @pytest.mark.parametrize("backend", runnable_backends(_MASK_NMS))
     def test_iou_exactly_at_threshold(self, backend):
         masks = torch.zeros(3, 5, 40, dtype=torch.bool)
         masks[0, :, :8] = True  # 40 px
@@ -303,6 +317,19 @@ class TestMatrixNms:
         assert torch.equal(got, expected) and torch.equal(got_packed, expected)
         assert torch.all(got <= scores) and torch.all(got >= 0)
 
+    @pytest.mark.parametrize("backend", runnable_backends(_MATRIX_NMS))
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_scores(self, backend, dtype):
+        """Half scores: ranked in their dtype, decay computed in float32 and rounded once to the score dtype,
+        identical on every backend (same IoUs, same float32 decay)."""
+        masks = blob_masks(20, 37, 70, generator=_gen(54))
+        scores = torch.rand(20, generator=_gen(55)).to(dtype)
+        with lk.use_backend("reference"):
+            expected = lk.ops.matrix_nms(masks, scores, kernel="gaussian")
+        with lk.use_backend(backend):
+            got = lk.ops.matrix_nms(masks, scores, kernel="gaussian")
+        assert got.dtype == dtype and torch.equal(got, expected)
+
     @pytest.mark.parametrize("kernel", ["gaussian", "linear"])
     def test_decay_formula_and_input_order(self, kernel):
         masks, scores = with_duplicates(blob_masks(16, 37, 70, generator=_gen(24)), torch.rand(16, generator=_gen(25)))
@@ -341,6 +368,110 @@ class TestMatrixNms:
         torch.library.opcheck(torch.ops.litesam.matrix_nms, (packed, torch.rand(6), None, "gaussian", 2.0, 40))
         torch.library.opcheck(torch.ops.litesam.matrix_nms,
                               (packed, torch.rand(6), torch.tensor([0, 0, 1, 1, 2, 2]), "linear", 2.0, 40))
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from litesam_kernels.triton import _bits
+
+    @triton.jit
+    def _bits_probe_kernel(x_ptr, popc_ptr, low_ptr, high_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        ok = offs < n
+        x = tl.load(x_ptr + offs, mask=ok, other=0)
+        tl.store(popc_ptr + offs, _bits.popcount32(x, False), mask=ok)
+        tl.store(low_ptr + offs, _bits.lowest_bit(x), mask=ok)
+        tl.store(high_ptr + offs, _bits.highest_bit(x), mask=ok)
+except ImportError:  # no triton: the Triton tests skip
+    pass
+
+
+class TestMaskNmsTriton:
+    """The Triton path's pieces: every GPU launch configuration, passes of bounded size, the pair list."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_triton(self):
+        reason = _backend_reason_cpu(_MASK_NMS)
+        if reason:
+            pytest.skip(reason)
+
+    @pytest.mark.parametrize("family", ["mask_nms.area", "mask_nms.pair_count", "mask_nms.pair_emit",
+                                        "mask_nms.pair_popcount"])
+    def test_every_configuration(self, family):
+        from litesam_kernels.triton import _configs, mask_nms as triton_mask_nms  # noqa: F401  (declares them)
+
+        # 1500-pixel-wide masks: 47 words per row, more than every configured BLOCK_W.
+        masks, scores = with_duplicates(blob_masks(12, 9, 1500, generator=_gen(61)), torch.rand(12, generator=_gen(62)))
+        idxs = torch.randint(0, 2, (12,), generator=_gen(63))
+        packed = pack_masks(masks)
+        expected_iou = mask_nms_module._mask_iou_reference(packed, packed[:7], 1500)
+        expected_keep = mask_nms_module._mask_nms_reference(packed, scores, 0.3, idxs, 1500)
+        for index in range(len(_configs.families()[family])):
+            with _configs.force_config(family, index), lk.use_backend("triton"):
+                assert torch.equal(lk.ops.mask_iou(packed, packed[:7], width=1500), expected_iou)
+                assert torch.equal(lk.ops.mask_nms(packed, scores, 0.3, idxs=idxs, width=1500), expected_keep)
+
+    def test_passes_of_bounded_size(self, monkeypatch):
+        from litesam_kernels.triton import mask_nms as triton_mask_nms
+
+        masks, scores = with_duplicates(blob_masks(70, 21, 40, generator=_gen(64)), torch.rand(70, generator=_gen(65)))
+        packed = pack_masks(masks)
+        expected_iou = mask_nms_module._mask_iou_reference(packed, packed, 40)
+        expected_keep = mask_nms_module._mask_nms_reference(packed, scores, 0.5, None, 40)
+        per_tile_row = torch.tensor([[600, 900], [500, 800], [0, 0], [300, 300]])
+        for pairs, items in ((1, 10**9), (10**9, 50)):  # one tile row per pass: by pairs, by items
+            monkeypatch.setattr(triton_mask_nms, "MAX_PAIRS_PER_PASS", pairs)
+            monkeypatch.setattr(triton_mask_nms, "MAX_ITEMS_PER_PASS", items)
+            assert list(triton_mask_nms._pass_tile_rows(per_tile_row)) == [(0, 1), (1, 2), (2, 4)]
+            with lk.use_backend("triton"):
+                assert torch.equal(lk.ops.mask_iou(masks, masks), expected_iou)
+                assert torch.equal(lk.ops.mask_nms(masks, scores, 0.5), expected_keep)
+
+    def test_pair_list_is_the_box_overlapping_pairs(self):
+        """Listed pairs = pairs whose boxes intersect (j > i, same group), each once, with the exact
+        intersection; every other pair has no common pixel."""
+        from litesam_kernels.triton.mask_nms import overlapping_pair_intersections
+
+        masks = blob_masks(45, 29, 97, generator=_gen(66), empty=(3,))
+        packed = pack_masks(masks)
+        boxes = mask_nms_module.packed_mask_boxes(packed, 97)
+        windows = mask_nms_module._windows(boxes, 29, packed.shape[2])
+        groups = torch.randint(0, 3, (45,), generator=_gen(67))
+        listed = {}
+        for first, second, inter in overlapping_pair_intersections(packed, windows, packed, windows, True, groups):
+            for i, j, k in zip(first.tolist(), second.tolist(), inter.tolist()):
+                assert (i, j) not in listed
+                listed[(i, j)] = k
+        flat = masks.flatten(1).long()
+        dense = flat @ flat.T
+        x0, y0, x1, y1 = windows.long().unbind(1)
+        for i in range(45):
+            for j in range(i + 1, 45):
+                boxes_meet = (bool(max(x0[i], x0[j]) <= min(x1[i], x1[j]))
+                              and bool(max(y0[i], y0[j]) <= min(y1[i], y1[j])))
+                assert ((i, j) in listed) == (boxes_meet and bool(groups[i] == groups[j]))
+                if (i, j) in listed:
+                    assert listed[(i, j)] == dense[i, j]
+                elif not boxes_meet:
+                    assert dense[i, j] == 0
+
+    def test_bit_helpers(self):
+        values = torch.tensor([1, 2, 3, 0x80000000, 0xFFFFFFFF, 0x7FFFFFFF, 0x00010000, 0x80000001, 0x0F0F0000, 6],
+                              dtype=torch.int64)
+        values = torch.cat([values, torch.randint(1, 2**32, (200,), generator=_gen(68))])
+        words = torch.where(values >= 2**31, values - 2**32, values).to(torch.int32)
+        popc, low, high = (torch.empty_like(words) for _ in range(3))
+        _bits_probe_kernel[(1,)](words, popc, low, high, words.numel(), BLOCK=256)
+        as_bits = [[(v >> b) & 1 for b in range(32)] for v in values.tolist()]
+        assert popc.tolist() == [sum(b) for b in as_bits]
+        assert low.tolist() == [b.index(1) for b in as_bits]
+        assert high.tolist() == [31 - b[::-1].index(1) for b in as_bits]
+
+
+def _backend_reason_cpu(op):
+    return _backend.why_not("triton", op, torch.device("cpu"))
 
 
 @pytest.mark.gpu

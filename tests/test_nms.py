@@ -109,11 +109,24 @@ class TestNMS:
     @pytest.mark.parametrize("backend", BACKENDS)
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
     def test_dtypes(self, backend, dtype):
+        """Half boxes: IoU in float32 of the exactly upcast coordinates (torchvision's CUDA kernel computes in
+        its accumulation type, float32, too), so the keep list equals torchvision's on the upcast boxes;
+        scores sort in their own dtype (distinct here, so the order is the upcast order)."""
         boxes, scores = random_boxes(150, max_size=300, dtype=dtype), distinct_scores(150, dtype)
-        got = run_nms(backend, boxes, scores, 0.5)
-        assert torch.equal(got, _nms_reference(boxes, scores, 0.5))
-        if dtype == torch.float64:
-            assert torch.equal(got, torchvision.ops.nms(boxes, scores, 0.5))
+        for threshold in (0.3, 0.5, 0.7):
+            got = run_nms(backend, boxes, scores, threshold)
+            assert torch.equal(got, _nms_reference(boxes, scores, threshold))
+            compute = torch.float64 if dtype == torch.float64 else torch.float32
+            assert torch.equal(got, torchvision.ops.nms(boxes.to(compute), scores.to(compute), threshold))
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_ties_and_groups(self, backend, dtype):
+        """bf16 has 8 mantissa bits: many scores tie after rounding; ties go by index on every backend."""
+        boxes, scores = random_boxes(200, max_size=300, dtype=dtype), torch.rand(200).to(dtype)
+        idxs = torch.randint(0, 5, (200,))
+        assert torch.equal(run_batched(backend, boxes, scores, idxs, 0.5),
+                           _batched_nms_reference(boxes, scores, idxs, 0.5))
 
     @pytest.mark.parametrize("backend", BACKENDS)
     def test_non_contiguous(self, backend):
@@ -156,6 +169,65 @@ class TestBatchedNMS:
     def test_same_groups_equal_nms(self):
         boxes, scores = random_boxes(200, max_size=300), distinct_scores(200)
         assert torch.equal(batched_nms(boxes, scores, torch.zeros(200, dtype=torch.long), 0.5), nms(boxes, scores, 0.5))
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from litesam_kernels.triton._mask_common import upper_triangle_tile as _upper_triangle_tile
+
+    @triton.jit
+    def _tile_probe_kernel(tiles_ptr, rows_ptr, cols_ptr, count, col_blocks, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        ok = offs < count
+        rows, cols = _upper_triangle_tile(tl.load(tiles_ptr + offs, mask=ok, other=0), col_blocks)
+        tl.store(rows_ptr + offs, rows, mask=ok)
+        tl.store(cols_ptr + offs, cols, mask=ok)
+except ImportError:  # no triton: the Triton tests skip
+    pass
+
+
+class TestNMSTritonLaunchConfigs:
+    """Every GPU launch configuration of the Triton NMS kernels, run under the interpreter on small inputs."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_triton(self):
+        if _backend.why_not("triton", OP, torch.device("cpu")):
+            pytest.skip("triton cannot run here")
+
+    @pytest.mark.parametrize("family", ["nms.mask", "nms.gather"])
+    def test_every_configuration(self, family):
+        from litesam_kernels.triton import _configs, nms as triton_nms  # noqa: F401  (declares the families)
+
+        boxes, scores = random_boxes(200, max_size=300, dtype=torch.float64), distinct_scores(200, torch.float64)
+        idxs = torch.randint(0, 3, (200,))
+        for index in range(len(_configs.families()[family])):
+            with _configs.force_config(family, index):
+                assert torch.equal(run_nms("triton", boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+                assert torch.equal(run_batched("triton", boxes.float(), scores.float(), idxs, 0.4),
+                                   torchvision.ops.batched_nms(boxes.float(), scores.float(), idxs, 0.4))
+
+    def test_upper_triangle_tile_mapping(self):
+        """The closed-form tile -> (row block, column block) map at the largest supported grid, at every row
+        start and its neighbours."""
+        import triton
+
+        from litesam_kernels.triton.nms import upper_triangle_tiles
+
+        for col_blocks in (1, 2, 3, 7, 64, 1000, 65535):
+            r = torch.unique(torch.cat([torch.arange(min(col_blocks, 50)), torch.randint(0, col_blocks, (200,)),
+                                        torch.tensor([col_blocks - 1])]))
+            starts = r * (2 * col_blocks - r + 1) // 2
+            tiles = torch.cat([starts, starts + (col_blocks - r - 1)])  # first and last tile of each row
+            tiles = torch.unique(tiles.clamp(0, upper_triangle_tiles(col_blocks) - 1))
+            rows = torch.empty(tiles.shape, dtype=torch.int32)
+            cols = torch.empty(tiles.shape, dtype=torch.int32)
+            _tile_probe_kernel[(1,)](tiles, rows, cols, tiles.numel(), col_blocks,
+                                     BLOCK=triton.next_power_of_2(tiles.numel()))
+            rows64 = rows.long()
+            assert torch.all((cols >= rows) & (cols < col_blocks))
+            assert torch.equal(rows64 * (2 * col_blocks - rows64 + 1) // 2 + (cols.long() - rows64), tiles)
 
 
 class TestNMSErrors:

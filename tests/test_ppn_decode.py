@@ -103,6 +103,20 @@ class TestPPNDecode:
         assert_same(half, run("reference", heat.half().float(), dist.half().float(), k=16))
 
     @pytest.mark.parametrize("backend", runnable_backends(OP))
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+    def test_every_dtype_matches_float32_of_the_same_values(self, backend, dtype):
+        """Half/double maps are converted to float32 on load, exactly (float64 values are rounded once): the
+        result equals the float32 decode of the converted values bit for bit, ties and padding included. bf16
+        keeps 8 mantissa bits, so equal-logit plateaus are common; they are still ordered by index."""
+        heat, dist = smooth_heatmap(3, 24, 20).to(dtype), box_distances(3, 24, 20).to(dtype)
+        sizes = torch.tensor([[384, 320], [200, 320], [384, 150]])
+        for k, threshold in ((64, 0.1), (500, 0.0)):
+            got = run(backend, heat, dist, k=k, score_threshold=threshold, image_sizes=sizes)
+            expected = run("reference", heat.float(), dist.float(), k=k, score_threshold=threshold, image_sizes=sizes)
+            assert_same(got, expected)
+            assert got.points.dtype == got.boxes.dtype == got.scores.dtype == torch.float32
+
+    @pytest.mark.parametrize("backend", runnable_backends(OP))
     def test_non_contiguous_and_empty(self, backend):
         heat = smooth_heatmap(2, 10, 10).transpose(2, 3)
         dist = box_distances(2, 10, 10).transpose(2, 3)

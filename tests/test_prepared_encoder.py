@@ -95,13 +95,14 @@ class TestPreparedPath:
 
     @pytest.mark.skipif(TRITON_REASON is not None, reason=str(TRITON_REASON))
     def test_triton_backend_calls_the_launchers(self, monkeypatch):
-        from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer
+        from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer, pool_mixer_block
 
         model = _encoder()
         images = _images()
         _infer(model, images, "triton")
         calls = {}
-        for module, name in ((pool_mixer, "pool_mixer_forward"), (conv_mlp, "conv_mlp_forward"),
+        for module, name in ((pool_mixer, "pool_mixer_forward"), (pool_mixer_block, "pool_mixer_block_forward"),
+                             (conv_mlp, "conv_mlp_forward"),
                              (conv_block, "dwconv_forward"), (layer_norm, "layer_norm_forward"),
                              (attention, "kv_pool_forward"), (attention, "attention_projected_forward")):
             def spy(*args, original=getattr(module, name), name=name, **kwargs):
@@ -111,10 +112,10 @@ class TestPreparedPath:
             monkeypatch.setattr(module, name, spy)
         monkeypatch.setattr(fused_ops._conv_mlp, "_check_inputs", lambda *a: pytest.fail("validated again"))
         _infer(model, images, "triton")
-        # tiny: 1 + 1 pool-mixer blocks, 1 attention block (its LN2 fused into the MLP, its projection into the
-        # attention kernel), the neck
-        assert calls == {"pool_mixer_forward": 2, "conv_mlp_forward": 3, "dwconv_forward": 2, "layer_norm_forward": 3,
-                         "kv_pool_forward": 1, "attention_projected_forward": 1}
+        # tiny: 1 + 1 pool-mixer blocks (each one kernel), 1 attention block (its LN2 fused into the MLP, its
+        # projection into the attention kernel), the neck
+        assert calls == {"pool_mixer_block_forward": 2, "conv_mlp_forward": 1, "dwconv_forward": 2,
+                         "layer_norm_forward": 3, "kv_pool_forward": 1, "attention_projected_forward": 1}
 
     def test_backends_share_the_prepared_weights(self):
         model = _encoder()
@@ -237,17 +238,33 @@ class TestInvalidation:
         model.invalidate_prepared()
         assert not torch.equal(self._check(model, images, 2), before)
 
-    def test_autocast_has_its_own_entry(self):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_autocast_has_its_own_entry(self, backend):
         model = _encoder()
+        with torch.no_grad():  # large float32 biases: any bias not rounded to bf16 as the ops round it shows
+            for m in model.modules():
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.normal_(0, 3)
         images = _images()
-        plain = _infer(model, images)
+        plain = _infer(model, images, backend)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = _infer(model, images)
-            assert torch.equal(_infer(model, images), half)
-            want = _unprepared(model, images)
+            half = _infer(model, images, backend)
+            assert torch.equal(_infer(model, images, backend), half)
+            want = _unprepared(model, images, backend)
         assert half.dtype == torch.bfloat16 and torch.equal(half, want)
-        assert torch.equal(_infer(model, images), plain)
+        assert torch.equal(_infer(model, images, backend), plain)
         assert _cache(model).builds == 2
+
+    def test_inference_tensors_run_uncached(self):
+        """Buffers made under torch.inference_mode have no version counter: the forward still works (on the
+        custom ops, nothing cached) and equals the same model made outside inference mode."""
+        want = _infer(_encoder(), _images())
+        with torch.inference_mode():
+            model = _encoder().to(torch.float32)  # .to() inside inference mode makes inference tensors
+            got = model(_images())
+        assert any(b.is_inference() for b in model.buffers())
+        assert torch.equal(got, want)
+        assert _cache(model).builds == 0
 
 
 class TestOpTables:

@@ -92,6 +92,42 @@ class TestMaskToRle:
             torch.ops.litesam._mask_to_rle_kernel(torch.zeros(2, 3, 4), 4)
 
 
+class TestMaskToRleTritonLaunchConfigs:
+    """Every GPU launch configuration of the Triton RLE kernels, and row blocks (a program per block of rows,
+    counts offset per (column, row block)), under the interpreter on small masks."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_triton(self):
+        reason = _backend.why_not("triton", RLE, torch.device("cpu"))
+        if reason:
+            pytest.skip(reason)
+
+    @pytest.mark.parametrize("family", ["rle.counts", "rle.boundaries"])
+    def test_every_configuration(self, family):
+        from litesam_kernels.triton import _configs, rle as triton_rle  # noqa: F401  (declares the families)
+
+        masks = blob_masks(2, 19, 300, seed=7)  # 300 columns: several column blocks for the small configs
+        expected = amg.mask_to_rle_pytorch(masks)
+        for index in range(len(_configs.families()[family])):
+            with _configs.force_config(family, index), lk.use_backend("triton"):
+                assert lk.ops.mask_to_rle(masks) == expected
+                assert lk.ops.mask_to_rle(pack_masks(masks), width=300) == expected
+
+    @pytest.mark.parametrize("row_block", [1, 4])
+    def test_row_blocks(self, row_block, monkeypatch):
+        from litesam_kernels.triton import rle as triton_rle
+
+        monkeypatch.setattr(triton_rle, "MIN_ROW_BLOCK", row_block)
+        monkeypatch.setattr(triton_rle, "TARGET_PROGRAMS", 10**6)  # as many row blocks as MIN_ROW_BLOCK allows
+        for height, width in ((9, 45), (1, 33), (8, 40)):
+            masks = blob_masks(3, height, width, seed=height)
+            assert triton_rle.rows_per_program(masks.shape[0], height, width) == row_block
+            expected = amg.mask_to_rle_pytorch(masks)
+            with lk.use_backend("triton"):
+                assert lk.ops.mask_to_rle(masks) == expected
+                assert lk.ops.mask_to_rle(pack_masks(masks), width=width) == expected
+
+
 @pytest.mark.gpu
 class TestMaskToRleGpu:
     @pytest.mark.parametrize("backend", runnable_backends(RLE, "cuda"))

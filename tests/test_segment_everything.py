@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from litesam_kernels.model import build_litesam
-from litesam_kernels import segment_everything as pipeline
 from litesam_kernels.segment_everything import SegmentEverything, segment_everything, segmentation_to_mask
 
 LOOSE = dict(pred_iou_thresh=-1e9, stability_score_thresh=0.0, points_per_image=24, prompts_per_batch=10)
@@ -133,6 +132,12 @@ class TestSegmentEverything:
             SegmentEverything(tiny_model, output_mode="polygons")
         with pytest.raises(ValueError, match="prompt"):
             SegmentEverything(tiny_model, prompt="grid")
+        with pytest.raises(ValueError, match="crop_n_layers"):
+            SegmentEverything(tiny_model, crop_n_layers=-1)
+        with pytest.raises(ValueError, match="min_mask_region_area"):
+            SegmentEverything(tiny_model, min_mask_region_area=-5)
+        with pytest.raises(TypeError, match="min_mask_region_area"):
+            SegmentEverything(tiny_model, min_mask_region_area="big")
         assert segment_everything(tiny_model, []) == []
 
 
@@ -159,8 +164,11 @@ class TestAgainstSAM:
                                                 mask_to_rle_pytorch)
         from torchvision.ops import batched_nms as tv_batched_nms
 
+        from litesam_kernels import ops
+        from litesam_kernels.engine import prompts as prompt_sources
+
         captured = {"logits": [], "num_valid": []}
-        real_postprocess, real_ppn = pipeline.postprocess_masks, pipeline.ppn_decode
+        real_postprocess, real_ppn = ops.postprocess_masks, prompt_sources.ppn_decode
 
         def spy_postprocess(low_res, input_size, original_size, *args, **kwargs):
             captured["logits"].append((low_res.clone(), tuple(input_size), tuple(original_size)))
@@ -171,16 +179,16 @@ class TestAgainstSAM:
             captured["num_valid"].append(prompts.num_valid.clone())
             return prompts
 
-        monkeypatch.setattr(pipeline, "postprocess_masks", spy_postprocess)
-        monkeypatch.setattr(pipeline, "ppn_decode", spy_ppn)
+        monkeypatch.setattr(ops, "postprocess_masks", spy_postprocess)
+        monkeypatch.setattr(prompt_sources, "ppn_decode", spy_ppn)
         image = synthetic_photo(120, 90, 8)
         # Random tiny weights: small logits and IoUs, boxes near the whole image; thresholds that drop a few masks.
         options = dict(points_per_image=24, prompts_per_batch=10, pred_iou_thresh=-0.08, stability_score_thresh=0.015,
                        stability_score_offset=0.02, box_nms_thresh=0.99)
         generator = SegmentEverything(tiny_model, **options)
         ious = []
-        real_decode = generator._decode
-        generator._decode = lambda *a: (lambda out: ious.append(out[1][0].flatten()) or out)(real_decode(*a))
+        real_decode = generator.adapter.decode
+        generator.adapter.decode = lambda *a: (lambda out: ious.append(out[0][1].flatten()) or out)(real_decode(*a))
         records = generator.generate(image)[0]
         rle_records = SegmentEverything(tiny_model, output_mode="uncompressed_rle", **options).generate(image)[0]
         coco_records = SegmentEverything(tiny_model, output_mode="coco_rle", **options).generate(image)[0]
@@ -223,19 +231,155 @@ class TestAgainstSAM:
     def test_eager_reference_is_reference_backend_and_per_prompt_decoder(self, tiny_model):
         eager = SegmentEverything.eager_reference(tiny_model, points_per_image=8)
         assert eager.backend == "reference" and not eager.batched_decoder and eager.points_per_image == 8
+        assert not eager.adapter.decodes_crops_together
         from litesam_kernels import _backend
 
         seen = []
-        real_decode = eager._decode
+        real_decode = eager.adapter.decode
 
         def decode(*args):
             seen.append(_backend.forced_backend())
             return real_decode(*args)
 
-        eager._decode = decode
+        eager.adapter.decode = decode
         eager.generate(synthetic_photo(48, 48, 12))
         assert seen and set(seen) == {"reference"}
         assert _backend.forced_backend() is None
+
+
+@pytest.fixture(scope="module")
+def prompt_dependent_model():
+    """The tiny LiteSAM with its decoder rescaled as tests/_sam2_oracle.py's SAM 2 (upscaling that repeats each
+    embedding cell, higher-frequency point encodings, large hypernetwork outputs, a logit offset): masks follow
+    the image content and the point, so on the photo collage some lie inside smaller crops."""
+    torch.manual_seed(0)
+    model = build_litesam("tiny").eval()
+    decoder = model.mask_decoder
+    with torch.no_grad():
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(3)
+        for deconv in (decoder.output_upscaling[0], decoder.output_upscaling[3]):
+            deconv.weight.zero_()
+            deconv.bias.zero_()
+            for c in range(deconv.weight.shape[1]):
+                deconv.weight[c, c] = 1.0
+        decoder.output_upscaling[3].weight[:, 0] = 0
+        decoder.output_upscaling[3].bias[0] = 1.0
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(300)
+            mlp.layers[-1].bias.zero_()
+            mlp.layers[-1].weight[0] = 0
+            mlp.layers[-1].bias[0] = -4.0
+    return model
+
+
+class TestCropsAndSmallRegions:
+    """crop_n_layers and min_mask_region_area: SAM's semantics on SegEvery's candidates."""
+
+    def test_crops_are_segmented_as_images_then_edge_filtered(self, prompt_dependent_model):
+        from litesam_kernels.engine.geometry import generate_crop_boxes, is_box_near_crop_edge
+        from tests._sam2_oracle import photo
+
+        model = prompt_dependent_model
+        image = photo((90, 120))
+        # One crop per encoder call: then a crop's floats are those of the crop segmented alone.
+        options = dict(LOOSE, prompt="point", ppn_score_threshold=0.0, output_mode="uncompressed_rle",
+                       box_nms_thresh=1.0, batch_size=1)
+        records = segment_everything(model, image, crop_n_layers=1, crop_nms_thresh=1.0, **options)[0]
+        boxes, _ = generate_crop_boxes(image.shape[:2], 1, 512 / 1500)
+        # Non-empty masks of smaller crops survive their edge test.
+        assert any(r["area"] > 0 and r["crop_box"] != [0, 0, 120, 90] for r in records)
+        for x0, y0, x1, y1 in boxes:
+            # A crop is segmented as an image of its own; then its masks near an inner crop edge are dropped.
+            alone = segment_everything(model, image[y0:y1, x0:x1], **options)[0]
+            crop_boxes = torch.tensor([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
+                                        r["bbox"][1] + r["bbox"][3]] for r in alone]).reshape(-1, 4)
+            near = is_box_near_crop_edge(crop_boxes, [x0, y0, x1, y1], [0, 0, image.shape[1], image.shape[0]])
+            expected = [r for r, drop in zip(alone, near.tolist()) if not drop]
+            got = [r for r in records if r["crop_box"] == [x0, y0, x1 - x0, y1 - y0]]
+            assert len(got) == len(expected)
+            for e, g in zip(expected, got):
+                full = np.zeros(image.shape[:2], bool)
+                full[y0:y1, x0:x1] = segmentation_to_mask(e["segmentation"])
+                assert np.array_equal(segmentation_to_mask(g["segmentation"]), full)
+                assert g["bbox"] == [e["bbox"][0] + x0, e["bbox"][1] + y0, *e["bbox"][2:]]
+                assert g["point_coords"][0] == pytest.approx([e["point_coords"][0][0] + x0,
+                                                              e["point_coords"][0][1] + y0], abs=1e-4)
+                assert g["predicted_iou"] == e["predicted_iou"] and g["area"] == e["area"]
+        # With the default crop NMS, duplicates across crops go (masks of smaller crops preferred).
+        deduplicated = segment_everything(model, image, crop_n_layers=1, **options)[0]
+        assert 0 < len(deduplicated) < len(records)
+
+    def test_min_mask_region_area_is_sams_postprocess_small_regions(self, tiny_model):
+        from segment_anything import SamAutomaticMaskGenerator
+        from segment_anything.utils.amg import MaskData
+
+        images = [synthetic_photo(80, 100, 16), synthetic_photo(64, 64, 17)]
+        options = dict(LOOSE, output_mode="uncompressed_rle", box_nms_thresh=0.95)
+        plain = segment_everything(tiny_model, images, **options)
+        cleaned = segment_everything(tiny_model, images, min_mask_region_area=30, **options)
+        changed_somewhere = False
+        for before, after in zip(plain, cleaned):
+            data = MaskData(rles=[r["segmentation"] for r in before],
+                            boxes=np.array([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in before)]),
+                            iou_preds=np.array([r["predicted_iou"] for r in before], np.float32))
+            expected = SamAutomaticMaskGenerator.postprocess_small_regions(data, 30, 0.95)
+            assert [r["segmentation"] for r in after] == expected["rles"]
+            assert [r["predicted_iou"] for r in after] == expected["iou_preds"].tolist()
+            assert [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in after)] == expected["boxes"].tolist()
+            assert [r["area"] for r in after] == [int(segmentation_to_mask(r["segmentation"]).sum()) for r in after]
+            changed_somewhere |= [r["segmentation"] for r in after] != [r["segmentation"] for r in before]
+        assert changed_somewhere
+
+
+# Half precision vs the float32 run, thresholds opened (tests/_half.py defines the measure). Measured on this
+# CPU (tiny model, two photos, 24 point prompts, ppn_score_threshold 0): bfloat16 (model.to or autocast) matched
+# 1.0, min IoU of large masks 0.944, median IoU 0.983, max pixels differing 0.005 of the image, max
+# predicted-IoU delta 0.0021; float16: 0.989 / 0.998 / 0.0008 / 0.0004. Bounds: about 2x those.
+# bfloat16 rounds the heatmap into plateaus (every plateau cell is a peak), so it can decode more prompts.
+HALF_BOUNDS = {
+    torch.bfloat16: dict(matched=1.0, min_mask_iou_large=0.9, median_mask_iou=0.95, max_pixels_differ=0.01,
+                         max_predicted_iou_delta=0.01),
+    torch.float16: dict(matched=1.0, min_mask_iou_large=0.97, median_mask_iou=0.99, max_pixels_differ=0.002,
+                        max_predicted_iou_delta=0.002),
+}
+HALF_OPTIONS = dict(pred_iou_thresh=-1e9, stability_score_thresh=0.0, box_nms_thresh=1.0, points_per_image=24,
+                    prompts_per_batch=10, prompt="point", ppn_score_threshold=0.0, output_mode="uncompressed_rle")
+
+
+@pytest.fixture(scope="module")
+def float32_reference(tiny_model):
+    images = [synthetic_photo(90, 120, 3), synthetic_photo(64, 80, 4)]
+    return images, segment_everything(tiny_model, images, **HALF_OPTIONS)
+
+
+class TestHalfPrecision:
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+    @pytest.mark.parametrize("how", ["model.to", "autocast"])
+    def test_records_close_to_float32(self, tiny_model, float32_reference, dtype, how):
+        import copy
+
+        from tests._half import assert_field_types, assert_within, compare_records
+
+        images, expected = float32_reference
+        if how == "model.to":
+            got = segment_everything(copy.deepcopy(tiny_model).to(dtype), images, **HALF_OPTIONS)
+        else:
+            with torch.autocast("cpu", dtype=dtype):
+                got = segment_everything(tiny_model, images, **HALF_OPTIONS)
+        for e, g in zip(expected, got):
+            assert len(g) >= len(e) > 0
+            assert_field_types(g)
+            assert_within(compare_records(e, g), HALF_BOUNDS[dtype])
+
+    def test_half_model_with_crops_small_regions_and_binary_masks(self, tiny_model):
+        import copy
+
+        model = copy.deepcopy(tiny_model).to(torch.bfloat16)
+        image = synthetic_photo(70, 90, 5)
+        records = segment_everything(model, image, crop_n_layers=1, min_mask_region_area=10, nms="mask", **LOOSE)[0]
+        assert records
+        for record in records:
+            assert record["segmentation"].dtype == bool and record["segmentation"].flags.f_contiguous
 
 
 class TestMaskNMS:
@@ -279,6 +423,32 @@ class TestMaskNMS:
 
 @pytest.mark.gpu
 class TestSegmentEverythingGPU:
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+    def test_half_precision_on_cuda(self, tiny_model, dtype):
+        import copy
+
+        from tests._half import assert_within, compare_records
+
+        images = [synthetic_photo(90, 120, 3), synthetic_photo(64, 80, 4)]
+        model = copy.deepcopy(tiny_model).cuda()
+        expected = segment_everything(model, images, **HALF_OPTIONS)
+        got = segment_everything(copy.deepcopy(model).to(dtype), images, **HALF_OPTIONS)
+        for e, g in zip(expected, got):
+            assert_within(compare_records(e, g), HALF_BOUNDS[dtype])
+
+    def test_compiled_reduce_overhead(self, tiny_model):
+        import copy
+
+        model = copy.deepcopy(tiny_model).cuda()
+        images = [synthetic_photo(90, 120, 3), synthetic_photo(64, 80, 4)]
+        options = TestCompiledStages.OPTIONS
+        expected = segment_everything(model, images, **options)
+        compiled = SegmentEverything(model, compile={"mode": "reduce-overhead"}, **options)
+        for _ in range(2):  # the second call replays the CUDA graphs
+            got = compiled.generate(images)
+            for e_records, g_records in zip(expected, got):
+                assert [r["segmentation"] for r in g_records] == [r["segmentation"] for r in e_records]
+
     def test_cuda_matches_cpu(self, tiny_model):
         images = [synthetic_photo(150, 200, 0), synthetic_photo(90, 70, 1)]
         cpu = segment_everything(tiny_model, images, box_nms_thresh=1.0, **LOOSE)
@@ -317,3 +487,41 @@ class TestSegmentEverythingGPU:
                 differ = (segmentation_to_mask(ra["segmentation"]) != segmentation_to_mask(rb["segmentation"])).sum()
                 assert differ <= 1e-4 * image.shape[0] * image.shape[1]  # threshold ties only (see mask_postprocess)
                 check_record(dict(ra, segmentation=segmentation_to_mask(ra["segmentation"])), *image.shape[:2])
+
+
+class TestCompiledStages:
+    """SegmentEverything(compile=...): the fixed-size stages under torch.compile(fullgraph=True)."""
+
+    IMAGES = [(90, 120, 3), (64, 80, 4), (70, 50, 5)]
+    # 24 prompts in chunks of 16: the last chunk is padded to the decoder's fixed prompt count.
+    OPTIONS = dict(LOOSE, box_nms_thresh=1.0, output_mode="uncompressed_rle", prompts_per_batch=16, prompt="point")
+
+    def test_captured_whole_records_identical_no_recompiles(self, tiny_model):
+        images = [synthetic_photo(*args) for args in self.IMAGES]
+        expected = segment_everything(tiny_model, images, **self.OPTIONS)
+        compiled = SegmentEverything(tiny_model, compile={"backend": "aot_eager"}, **self.OPTIONS)
+        assert compiled.generate(images) == expected  # aot_eager runs the captured graphs: bit for bit
+        with torch._dynamo.config.patch(error_on_recompile=True):  # other sizes, same graphs
+            assert compiled.generate(images[::-1]) == expected[::-1]
+
+    def test_inductor_decoder(self, tiny_model):
+        """The decoder stage under Inductor (what compile=True uses; the other stages' capture is the test
+        above, Inductor's code generation for them costs minutes on this CPU): masks and IoUs equal eager's
+        within float rounding (measured 2e-7), the padded last chunk included. Inductor's attention-pattern
+        rewrite would break the batched decoder (pytorch/pytorch#195589; IoUs off by 0.2): engine.compiled
+        turns it off for that graph."""
+        from litesam_kernels.engine.adapters import LiteSamAdapter
+        from litesam_kernels.engine.compiled import CompiledLiteSamAdapter
+        from litesam_kernels.engine.prompts import AutoPPNPrompts
+
+        images = [torch.from_numpy(synthetic_photo(*args)) for args in self.IMAGES[:2]]
+        eager, compiled = LiteSamAdapter(tiny_model), CompiledLiteSamAdapter(tiny_model, prompts_per_call=16)
+        with torch.inference_mode():
+            encoded = eager.encode(images)
+            prompts = AutoPPNPrompts(16, 0.0, "point").for_crops(eager, [0, 0], encoded)
+            for count in (16, 5):  # a full chunk and a padded one
+                parts = [p.slice(0, count) for p in prompts]
+                for (m1, q1), (m2, q2) in zip(eager.decode(encoded, parts), compiled.decode(encoded, parts)):
+                    assert m1.shape == m2.shape == (count, 3, 32, 32)
+                    torch.testing.assert_close(m2, m1, atol=2e-5, rtol=1e-5)
+                    torch.testing.assert_close(q2, q1, atol=2e-6, rtol=1e-5)

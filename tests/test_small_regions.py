@@ -170,3 +170,68 @@ class TestRemoveSmallRegions:
         assert torch.equal(out.cpu(), ref_out) and torch.equal(changed.cpu(), ref_changed)
         ids = ops.connected_components(masks.cuda())
         assert torch.equal(ids.cpu(), _connected_components_reference(masks))
+
+
+class TestComponentAreasAndSam2Filling:
+    """connected_component_areas (sam2's get_connected_components interface) and fill_small_regions (SAM 2's
+    hole/sprinkle filling on logits), vs OpenCV and vs sam2's own SAM2Transforms.postprocess_masks."""
+
+    @pytest.mark.parametrize("backend", runnable_backends(CC))
+    @pytest.mark.parametrize("shape", [(3, 1, 1), (2, 29, 1), (4, 33, 47), (2, 64, 65)])
+    def test_areas_match_opencv(self, backend, shape):
+        from litesam_kernels.ops.small_regions import connected_component_areas
+
+        masks = blob_masks(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with use_backend(backend):
+            labels, areas = connected_component_areas(masks)
+        assert labels.dtype == areas.dtype == torch.int32 and labels.shape == areas.shape == masks.shape
+        for mask, mask_labels, mask_areas in zip(masks.numpy(), labels.numpy(), areas.numpy()):
+            _, cv_labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+            np.testing.assert_array_equal(mask_areas, np.where(cv_labels > 0, stats[cv_labels, cv2.CC_STAT_AREA], 0))
+            np.testing.assert_array_equal(mask_labels > 0, mask)
+
+    def test_areas_edge_cases_and_opcheck(self):
+        from litesam_kernels.ops.small_regions import connected_component_areas
+
+        labels, areas = connected_component_areas(torch.zeros(0, 4, 5, dtype=torch.bool))
+        assert labels.shape == areas.shape == (0, 4, 5)
+        full = torch.ones(2, 1, 6, 7, dtype=torch.bool)
+        assert (connected_component_areas(full)[1] == 42).all()
+        with pytest.raises(TypeError, match="masks"):
+            connected_component_areas(torch.zeros(2, 4, 5))
+        torch.library.opcheck(torch.ops.litesam.connected_component_areas,
+                              (blob_masks(2, 13, 17, generator=torch.Generator().manual_seed(0)),))
+
+    @pytest.mark.parametrize("area", [1, 7, 40, 200])
+    def test_fill_small_regions_is_sam2s(self, area):
+        pytest.importorskip("sam2")
+        from sam2.utils.transforms import SAM2Transforms
+
+        from litesam_kernels.ops.small_regions import fill_small_regions
+        from tests._sam2_oracle import sam2_cpu_connected_components
+
+        g = torch.Generator().manual_seed(area)
+        low = torch.rand(3, 2, 6, 7, generator=g)
+        logits = (torch.nn.functional.interpolate(low, (40, 48), mode="bilinear") - 0.5) * 20 + \
+            4 * torch.randn(3, 2, 40, 48, generator=g)
+        transforms = SAM2Transforms(resolution=1024, mask_threshold=0.0, max_hole_area=area, max_sprinkle_area=area)
+        with sam2_cpu_connected_components():
+            # At the logits' own size sam2's final resize is the identity: its output is the filled logits.
+            expected = transforms.postprocess_masks(logits, (40, 48))
+        got = fill_small_regions(logits, area, area, 0.0)
+        assert torch.equal(got, expected)
+        assert not torch.equal(got, logits)  # holes and sprinkles were filled
+        holes_only = fill_small_regions(logits, area, 0, 0.0)
+        assert ((holes_only != logits) <= (logits <= 0)).all() and (holes_only[holes_only != logits] == 10).all()
+
+    def test_fill_small_regions_bad_input(self):
+        from litesam_kernels.ops.small_regions import fill_small_regions
+
+        logits = torch.randn(2, 8, 8)
+        assert torch.equal(fill_small_regions(logits, 0, 0), logits)
+        with pytest.raises(TypeError, match="logits"):
+            fill_small_regions(logits > 0, 3, 3)
+        with pytest.raises(ValueError, match="max_hole_area"):
+            fill_small_regions(logits, -1, 3)
+        with pytest.raises(ValueError, match="logits"):
+            fill_small_regions(torch.randn(5), 3, 3)

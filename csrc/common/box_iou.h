@@ -4,15 +4,11 @@
 // would change the last bit of the IoU and, at the threshold, the keep list.
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define LITESAM_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define LITESAM_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
 namespace litesam {
 
-LITESAM_HOST_DEVICE float mul_rn(float a, float b) {
+LITESAM_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
@@ -20,7 +16,7 @@ LITESAM_HOST_DEVICE float mul_rn(float a, float b) {
 #endif
 }
 
-LITESAM_HOST_DEVICE double mul_rn(double a, double b) {
+LITESAM_HD double mul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
 #else
@@ -29,7 +25,7 @@ LITESAM_HOST_DEVICE double mul_rn(double a, double b) {
 }
 
 template <typename T>
-LITESAM_HOST_DEVICE T box_area(const T* box) {
+LITESAM_HD T box_area(const T* box) {
   return mul_rn(box[2] - box[0], box[3] - box[1]);
 }
 
@@ -37,7 +33,7 @@ LITESAM_HOST_DEVICE T box_area(const T* box) {
 // compared in double. A pair with no positive intersection never suppresses (IoU <= 0, or NaN for
 // degenerate pairs); NaN coordinates propagate to a NaN IoU, which never suppresses either.
 template <typename T>
-LITESAM_HOST_DEVICE bool iou_exceeds(const T* a, T area_a, const T* b, T area_b, double threshold) {
+LITESAM_HD bool iou_exceeds(const T* a, T area_a, const T* b, T area_b, double threshold) {
   const T left = a[0] > b[0] ? a[0] : b[0];
   const T top = a[1] > b[1] ? a[1] : b[1];
   const T right = a[2] < b[2] ? a[2] : b[2];

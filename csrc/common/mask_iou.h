@@ -4,25 +4,11 @@
 // Boxes are SAM's: int64 (cast to int32 here) inclusive XYXY pixel indices that enclose the mask.
 #include <cstdint>
 
-#include "common/box_iou.h"  // LITESAM_HOST_DEVICE
+#include "common/host_device.h"
 
 namespace litesam {
 
 constexpr int kMaskBitsPerWord = 32;
-
-// Without a popcnt target flag (-mpopcnt, -march=...), GCC turns __builtin_popcount into a libgcc call
-// per word; the inline SWAR form is faster there and lets the compiler vectorise the row loops.
-LITESAM_HOST_DEVICE int popcount32(uint32_t x) {
-#if defined(__CUDA_ARCH__)
-  return __popc(x);
-#elif defined(__POPCNT__) || defined(__ARM_NEON)
-  return __builtin_popcount(x);
-#else
-  x = x - ((x >> 1) & 0x55555555u);
-  x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
-  return static_cast<int>((((x + (x >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24);
-#endif
-}
 
 // The rows [y0, y1] and words [k0, k1] (inclusive) that can hold common pixels of two masks with boxes
 // a and b; false when the boxes do not overlap (the masks then share no pixel).
@@ -30,7 +16,7 @@ struct PairWindow {
   int32_t y0, y1, k0, k1;
 };
 
-LITESAM_HOST_DEVICE bool pair_window(const int32_t* a, const int32_t* b, PairWindow* w) {
+LITESAM_HD bool pair_window(const int32_t* a, const int32_t* b, PairWindow* w) {
   const int32_t x0 = a[0] > b[0] ? a[0] : b[0];
   const int32_t x1 = a[2] < b[2] ? a[2] : b[2];
   const int32_t y0 = a[1] > b[1] ? a[1] : b[1];
@@ -42,7 +28,7 @@ LITESAM_HOST_DEVICE bool pair_window(const int32_t* a, const int32_t* b, PairWin
 
 // IoU as every backend (and the torch reference) computes it: the counts are exact integers, divided
 // in double and rounded once to float. An empty union (two empty masks) has IoU 0, not NaN.
-LITESAM_HOST_DEVICE float iou_from_counts(int64_t inter, int64_t area_a, int64_t area_b) {
+LITESAM_HD float iou_from_counts(int64_t inter, int64_t area_a, int64_t area_b) {
   const int64_t uni = area_a + area_b - inter;
   return uni > 0 ? static_cast<float>(static_cast<double>(inter) / static_cast<double>(uni)) : 0.0f;
 }

@@ -2,9 +2,12 @@
 // Input checks and ordering shared by the CPU and CUDA box-NMS kernels.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/masked_select.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <c10/util/Optional.h>
+
+#include "common/nms_walk.h"
 
 namespace litesam {
 
@@ -62,6 +65,30 @@ inline at::Tensor group_block_ends(const at::Tensor& groups_sorted, int64_t bloc
       at::arange(block - 1, n + block - 1, block, groups_sorted.options()).clamp_max(n - 1);
   const at::Tensor block_last = groups_sorted.index_select(0, last_positions);
   return at::searchsorted(block_first, block_last, /*out_int32=*/false, /*right=*/true).contiguous();
+}
+
+// With idxs: the visit-order group ids (int64) and their group_block_ends (blocks of kWalkBlock), which
+// the greedy walk of every backend takes; without: undefined tensors and null pointers.
+struct VisitGroups {
+  at::Tensor sorted, col_end;
+  const int64_t* sorted_ptr() const { return sorted.defined() ? sorted.const_data_ptr<int64_t>() : nullptr; }
+  const int64_t* col_end_ptr() const { return col_end.defined() ? col_end.const_data_ptr<int64_t>() : nullptr; }
+};
+
+inline VisitGroups visit_groups(const c10::optional<at::Tensor>& idxs, const at::Tensor& order) {
+  VisitGroups groups;
+  if (idxs.has_value()) {
+    groups.sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
+    groups.col_end = group_block_ends(groups.sorted, kWalkBlock);
+  }
+  return groups;
+}
+
+// The op's result from the walk's keep flags (bool, visit order): kept original indices by decreasing
+// score, ties by increasing index (grouped visit orders are re-sorted; an ungrouped one already is).
+inline at::Tensor kept_indices(const at::Tensor& order, const at::Tensor& keep, const at::Tensor& scores, bool grouped) {
+  at::Tensor kept = at::masked_select(order, keep);
+  return grouped ? in_score_order(kept, scores) : kept;
 }
 
 inline at::ScalarType nms_compute_type(at::ScalarType dtype) {

@@ -10,6 +10,7 @@
 #include "common/mask_iou.h"
 #include "common/mask_nms_common.h"
 #include "common/nms_common.h"
+#include "cpu/greedy_walk.h"
 
 namespace litesam {
 namespace {
@@ -71,7 +72,7 @@ at::Tensor mask_nms_cpu(const at::Tensor& packed, const at::Tensor& boxes, const
   if (n == 0) return at::empty({0}, scores.options().dtype(at::kLong));
   const int64_t height = packed.size(1), words = packed.size(2), mask_words = height * words;
 
-  // Masks stay where they are; the greedy pass reaches them through `order`.
+  // Masks stay where they are; the greedy walk reaches them through `order`.
   const at::Tensor order = nms_visit_order(scores, idxs).contiguous();
   const int64_t* order_ptr = order.const_data_ptr<int64_t>();
   const at::Tensor masks = packed.contiguous();
@@ -79,38 +80,21 @@ at::Tensor mask_nms_cpu(const at::Tensor& packed, const at::Tensor& boxes, const
   const at::Tensor win = window_boxes(boxes, order, height, words * kMaskBitsPerWord);
   const int32_t* wp = win.const_data_ptr<int32_t>();
   const std::vector<int64_t> areas = mask_areas(masks);
+  const VisitGroups groups = visit_groups(idxs, order);
 
-  // Groups are contiguous in visit order: group_end[i] is one past the last member of i's group.
-  std::vector<int64_t> group_end(n, n);
-  if (idxs.has_value()) {
-    const at::Tensor groups = idxs->index_select(0, order).to(at::kLong).contiguous();
-    const int64_t* g = groups.const_data_ptr<int64_t>();
-    for (int64_t i = n - 2; i >= 0; --i) group_end[i] = g[i] == g[i + 1] ? group_end[i + 1] : i + 1;
-  }
-
-  // Lazy greedy: only pairs (kept i, not yet suppressed j) are ever evaluated; the j loop of each
-  // kept mask is parallel (each j is written by one thread only).
-  std::vector<uint8_t> suppressed(n, 0);
-  std::vector<int64_t> kept_positions;
-  for (int64_t i = 0; i < n; ++i) {
-    if (suppressed[i]) continue;
-    kept_positions.push_back(i);
-    const int32_t* mask_i = pm + order_ptr[i] * mask_words;
-    const int64_t area_i = areas[order_ptr[i]];
-    at::parallel_for(i + 1, group_end[i], 64, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
+  // The device's walk (cpu/greedy_walk.h), lazily: only pairs (kept i, not yet suppressed j) are
+  // evaluated, in parallel over the blocks after each kept block (one task per block of 64 masks).
+  const at::Tensor keep = greedy_walk_cpu</*kEagerDiagonal=*/false>(
+      n, groups.sorted_ptr(), groups.col_end_ptr(),
+      [&](int64_t i, int64_t j) {
         PairWindow w;
-        if (suppressed[j] || !pair_window(wp + 4 * i, wp + 4 * j, &w)) continue;
-        const int64_t inter = window_intersection(mask_i, pm + order_ptr[j] * mask_words, words, w);
-        if (static_cast<double>(iou_from_counts(inter, area_i, areas[order_ptr[j]])) > iou_threshold) suppressed[j] = 1;
-      }
-    });
-  }
-
-  const int64_t kept_count = static_cast<int64_t>(kept_positions.size());
-  at::Tensor positions = at::from_blob(kept_positions.data(), {kept_count}, at::kLong).clone();
-  at::Tensor kept = order.index_select(0, positions);
-  return idxs.has_value() ? in_score_order(kept, scores) : kept;
+        if (!pair_window(wp + 4 * i, wp + 4 * j, &w)) return false;
+        const int64_t mask_i = order_ptr[i], mask_j = order_ptr[j];
+        const int64_t inter = window_intersection(pm + mask_i * mask_words, pm + mask_j * mask_words, words, w);
+        return static_cast<double>(iou_from_counts(inter, areas[mask_i], areas[mask_j])) > iou_threshold;
+      },
+      /*bulk_grain=*/1);
+  return kept_indices(order, keep, scores, idxs.has_value());
 }
 
 }  // namespace litesam

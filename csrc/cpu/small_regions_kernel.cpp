@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/small_regions_common.h"
@@ -29,20 +30,14 @@ void label_mask(const bool* working, int64_t h, int64_t w, bool invert, std::vec
       if (!on(y, x)) continue;
       const int32_t c = block_code(y, x, half_w);
       parent[c] = c;
-      auto unite = [&](int32_t ny, int32_t nx) {
-        const int32_t a = find_root(parent, c), b = find_root(parent, block_code(ny, nx, half_w));
-        if (a < b) parent[b] = a; else if (b < a) parent[a] = b;
-      };
-      // 8-connected scan neighbours W, NW, N, NE: N touches all three others, and W touches NW, so
-      // at most two unions are needed (the SAUF decision tree).
       const bool has_up = y > 0;
-      if (has_up && on(y - 1, x)) {
-        unite(y - 1, x);
-        continue;
+      const ScanUnions unions = scan_unions(has_up && on(y - 1, x), x > 0 && on(y, x - 1),
+                                            has_up && x > 0 && on(y - 1, x - 1), has_up && x + 1 < w && on(y - 1, x + 1));
+      for (int k = 0; k < unions.count; ++k) {
+        const int32_t a = find_root(parent, c);
+        const int32_t b = find_root(parent, block_code(y + unions.dy[k], x + unions.dx[k], half_w));
+        if (a < b) parent[b] = a; else if (b < a) parent[a] = b;
       }
-      if (x > 0 && on(y, x - 1)) unite(y, x - 1);
-      else if (has_up && x > 0 && on(y - 1, x - 1)) unite(y - 1, x - 1);
-      if (has_up && x + 1 < w && on(y - 1, x + 1)) unite(y - 1, x + 1);
     }
   }
   for (size_t c = 0; c < parent.size(); ++c)
@@ -97,21 +92,20 @@ std::tuple<at::Tensor, at::Tensor> remove_small_regions_cpu(const at::Tensor& ma
       for (size_t c = 0; c < parent.size(); ++c)
         if (parent[c] >= 0) ++area[parent[c]];
       bool any_small = false, any_large = false;
-      int32_t largest = -1;
+      uint64_t largest = 0;
       for (size_t c = 0; c < parent.size(); ++c) {
         if (parent[c] != static_cast<int32_t>(c)) continue;
         if (static_cast<double>(area[c]) < area_thresh) any_small = true; else any_large = true;
-        if (largest < 0 || area[c] > area[largest]) largest = static_cast<int32_t>(c);  // ties: smallest code
+        largest = std::max(largest, largest_key(area[c], static_cast<int32_t>(c)));
       }
       changed_out[i] = any_small;
+      const int32_t largest_code = largest_root(largest);
       for (int32_t y = 0; y < h; ++y)
         for (int32_t x = 0; x < w; ++x) {
           const int64_t p = static_cast<int64_t>(y) * w + x;
-          if (!any_small) { dst[p] = mask[p]; continue; }
           const int32_t root = parent[block_code(y, x, half_w)];
           const bool small = root >= 0 && static_cast<double>(area[root]) < area_thresh;
-          if (holes) dst[p] = mask[p] || small;
-          else dst[p] = root >= 0 && (any_large ? !small : root == largest);
+          dst[p] = region_output(mask[p], root >= 0, small, root == largest_code, holes, any_small, any_large);
         }
     }
   });

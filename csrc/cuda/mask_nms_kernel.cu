@@ -6,24 +6,27 @@
 //     two boxes' intersection only (a warp-wide sum), then IoU = inter / (area_a + area_b - inter).
 // mask_iou writes the IoU; mask_nms sets bit c of word [row, col block] when the row mask suppresses the
 // column mask (IoU > threshold), in the layout of the box-NMS bitmask, and reuses box NMS's greedy walk
-// (nms_greedy_keep_cuda: N/64 serial steps in one block, no host loop). One host sync: the kept count.
+// (nms_greedy_keep_cuda: one walker per group chain, N/64 serial steps at most, no host loop). The boxes
+// come from the caller (post-processing has them); the tile stages its rows' and columns' group ids in
+// shared memory once instead of reading them per pair. One host sync: the kept count.
 #include "cuda/mask_nms_kernel.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/masked_select.h>
 #include <ATen/ops/zeros.h>
 
+#include "common/launch_plans.h"
 #include "common/mask_iou.h"
 #include "common/mask_nms_common.h"
 #include "common/nms_common.h"
+#include "cuda/launch_limits.h"
 #include "cuda/nms_kernel.h"
 
 namespace litesam {
 namespace {
 
-constexpr int kTile = 64;  // = the NMS bitmask word width
+constexpr int kTile = kPairTile;  // = the NMS bitmask word width
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kAreaThreads = 256;
@@ -143,17 +146,27 @@ __global__ void mask_nms_bitmask_kernel(MaskSet masks, const int64_t* __restrict
   if (col_block < row_block) return;
   if (col_end != nullptr && col_block >= col_end[row_block]) return;
   __shared__ unsigned long long bits[kTile];
-  if (threadIdx.x < kTile) bits[threadIdx.x] = 0;
-  // (tile_intersections syncs before anyone emits)
+  __shared__ int64_t row_groups[kTile];
+  __shared__ int64_t col_groups[kTile];
   const int64_t row_start = row_block * kTile, col_start = col_block * kTile;
+  if (threadIdx.x < kTile) {
+    bits[threadIdx.x] = 0;
+    if (groups != nullptr) {
+      const int64_t row = row_start + threadIdx.x, col = col_start + threadIdx.x;
+      row_groups[threadIdx.x] = row < masks.count ? groups[row] : -1;
+      col_groups[threadIdx.x] = col < masks.count ? groups[col] : -1;
+    }
+  }
+  // (tile_intersections syncs before anyone reads these)
   tile_intersections(
       masks, masks, row_start, col_start, height, words,
       [&](int r, int c) {
-        return col_start + c > row_start + r && (groups == nullptr || groups[row_start + r] == groups[col_start + c]);
+        return col_start + c > row_start + r && (groups == nullptr || row_groups[r] == col_groups[c]);
       },
       [&](int r, int c, int inter) {
         const float iou = iou_from_counts(inter, masks.areas[row_start + r], masks.areas[col_start + c]);
-        if (static_cast<double>(iou) > threshold) atomicOr(&bits[r], 1ULL << c);
+        // A native 32-bit shared atomic on the word's half (a 64-bit one is a compare-and-swap loop).
+        if (static_cast<double>(iou) > threshold) atomicOr(reinterpret_cast<unsigned*>(bits) + 2 * r + (c >> 5), 1u << (c & 31));
       });
   __syncthreads();
   if (threadIdx.x < kTile && row_start + threadIdx.x < masks.count) {
@@ -161,11 +174,11 @@ __global__ void mask_nms_bitmask_kernel(MaskSet masks, const int64_t* __restrict
   }
 }
 
+// Launch checks (the area kernel's grid too) happen in plan_pair_tiles before any of this runs.
 at::Tensor areas_of(const at::Tensor& packed, const at::Tensor& index) {
   const int64_t n = index.defined() ? index.size(0) : packed.size(0);
   at::Tensor areas = at::empty({n}, packed.options().dtype(at::kInt));
   if (n == 0) return areas;
-  TORCH_CHECK_VALUE(n <= 2147483647LL, "at most 2**31 - 1 masks, got ", n);
   mask_area_kernel<<<static_cast<unsigned>(n), kAreaThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       packed.const_data_ptr<int32_t>(), index.defined() ? index.const_data_ptr<int64_t>() : nullptr,
       packed.size(1) * packed.size(2), areas.data_ptr<int32_t>());
@@ -173,10 +186,9 @@ at::Tensor areas_of(const at::Tensor& packed, const at::Tensor& index) {
   return areas;
 }
 
-unsigned tile_count(int64_t n) {
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  TORCH_CHECK_VALUE(tiles <= 65535, "at most ", 65535 * kTile, " masks per side, got ", n);
-  return static_cast<unsigned>(tiles);
+dim3 tile_grid(int64_t rows, int64_t cols, const at::Tensor& on) {
+  const PairTilesPlan plan = plan_pair_tiles(rows, cols, device_launch_limits(on.get_device()));
+  return dim3(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y));
 }
 
 }  // namespace
@@ -190,7 +202,7 @@ at::Tensor mask_iou_cuda(const at::Tensor& packed_a, const at::Tensor& boxes_a, 
   const int64_t height = packed_a.size(1), words = packed_a.size(2);
   at::Tensor iou = at::zeros({na, nb}, packed_a.options().dtype(at::kFloat));
   if (na == 0 || nb == 0) return iou;
-  const dim3 grid(tile_count(nb), tile_count(na));
+  const dim3 grid = tile_grid(na, nb, packed_a);
   const at::Tensor a = packed_a.contiguous(), b = packed_b.contiguous();
   const at::Tensor win_a = window_boxes(boxes_a, at::Tensor(), height, words * kMaskBitsPerWord);
   const at::Tensor win_b = window_boxes(boxes_b, at::Tensor(), height, words * kMaskBitsPerWord);
@@ -212,8 +224,9 @@ at::Tensor mask_nms_cuda(const at::Tensor& packed, const at::Tensor& boxes, cons
   const int64_t n = packed.size(0);
   if (n == 0) return at::empty({0}, scores.options().dtype(at::kLong));
   c10::cuda::CUDAGuard device_guard(packed.device());
-  const unsigned col_blocks = tile_count(n);
-  check_nms_gather_size(n);
+  const dim3 grid = tile_grid(n, n, packed);
+  plan_nms_walk(n, idxs.has_value(), device_launch_limits(packed.get_device()));  // reject before any work
+  const int64_t col_blocks = grid.x;
   const int64_t height = packed.size(1), words = packed.size(2);
 
   // Masks stay where they are; tiles reach them through `order` (no copy of the mask stack).
@@ -221,25 +234,18 @@ at::Tensor mask_nms_cuda(const at::Tensor& packed, const at::Tensor& boxes, cons
   const at::Tensor masks = packed.contiguous();
   const at::Tensor windows = window_boxes(boxes, order, height, words * kMaskBitsPerWord);
   const at::Tensor areas = areas_of(masks, order);
-  at::Tensor groups_sorted, col_end;
-  if (idxs.has_value()) {
-    groups_sorted = idxs->index_select(0, order).to(at::kLong).contiguous();
-    col_end = group_block_ends(groups_sorted, kTile);
-  }
+  const VisitGroups groups = visit_groups(idxs, order);
   const MaskSet set{masks.const_data_ptr<int32_t>(), order.const_data_ptr<int64_t>(),
                     windows.const_data_ptr<int32_t>(), areas.const_data_ptr<int32_t>(), n};
 
-  at::Tensor mask = at::empty({n * static_cast<int64_t>(col_blocks)}, scores.options().dtype(at::kLong));
-  mask_nms_bitmask_kernel<<<dim3(col_blocks, col_blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      set, idxs.has_value() ? groups_sorted.const_data_ptr<int64_t>() : nullptr,
-      idxs.has_value() ? col_end.const_data_ptr<int64_t>() : nullptr, height, words, col_blocks, iou_threshold,
+  at::Tensor mask = at::empty({n * col_blocks}, scores.options().dtype(at::kLong));
+  mask_nms_bitmask_kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      set, groups.sorted_ptr(), groups.col_end_ptr(), height, words, col_blocks, iou_threshold,
       reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const at::Tensor keep =
-      nms_greedy_keep_cuda(mask, idxs.has_value() ? c10::optional<at::Tensor>(col_end) : c10::nullopt, n);
-  at::Tensor kept = at::masked_select(order, keep);
-  return idxs.has_value() ? in_score_order(kept, scores) : kept;
+  const at::Tensor keep = nms_greedy_keep_cuda(mask, groups.sorted, groups.col_end, n);
+  return kept_indices(order, keep, scores, idxs.has_value());
 }
 
 }  // namespace litesam

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels.model._autocast import autocast_off
+from litesam_kernels.ops._autocast import autocast_off
 
 # the op modules (importlib: ``litesam_kernels.ops`` re-exports functions under some of the same names)
 _attention = importlib.import_module("litesam_kernels.ops.attention")
@@ -38,6 +36,7 @@ _conv_block = importlib.import_module("litesam_kernels.ops.conv_block")
 _conv_mlp = importlib.import_module("litesam_kernels.ops.conv_mlp")
 _layer_norm = importlib.import_module("litesam_kernels.ops.layer_norm")
 _pool_mixer = importlib.import_module("litesam_kernels.ops.pool_mixer")
+_pool_mixer_block = importlib.import_module("litesam_kernels.ops.pool_mixer_block")
 
 # ------------------------------------------------------------------------------------ prepared weights
 
@@ -128,6 +127,10 @@ class CustomOps(_Blocks):
         return _pool_mixer.pool_mixer(x, bn.scale, bn.shift, pool_sizes)
 
     @_without_autocast
+    def pool_mixer_block(x, bn: BatchNormAffine, pool_sizes: Sequence[int], mlp: ConvMLPWeights):
+        return _pool_mixer_block.pool_mixer_block(x, bn.scale, bn.shift, mlp.w1, mlp.b1, mlp.w2, mlp.b2, pool_sizes)
+
+    @_without_autocast
     def conv_mlp(x, mlp: ConvMLPWeights, residual: Optional[torch.Tensor]):
         return _conv_mlp.conv_mlp(x, mlp.w1, mlp.b1, mlp.w2, mlp.b2, residual)
 
@@ -156,19 +159,11 @@ class _DirectOps(_Blocks):
 
     @classmethod
     def pooled_kv_attention(cls, t, q, kv, proj, num_heads, pool_sizes, residual):
-        # ops.attention.pooled_kv_attention's composition, on this table's kv_pool and attention
-        b, h, w, c = t.shape
-        d = c // num_heads
-        queries = F.linear(t, q.weight, q.bias).view(b, h * w, num_heads, d)
-        sources = cls.kv_pool(t, pool_sizes)
-        keys_values = F.linear(sources, kv.weight, kv.bias).view(b, sources.shape[1], 2, num_heads, d)
-        keys, values, scale = keys_values[:, :, 0], keys_values[:, :, 1], 1.0 / math.sqrt(d)
-        if c <= _attention.MAX_PROJECTED_CHANNELS and d in _attention.PROJECTED_HEAD_DIMS:
-            # attention + projection + bias + residual in one kernel, as the op does
-            y = cls.attention_projected(queries, keys, values, scale, proj, residual.view(b, h * w, c))
-            return y.view(b, h, w, c)
-        out = cls.attention(queries, keys, values, scale)
-        return torch.addmm(proj.bias, out.view(-1, c), proj.weight.t()).view(b, h, w, c) + residual
+        # the op's own composition (ops.attention), on this table's kv_pool and attention kernels
+        return _attention.compose_pooled_kv_attention(
+            t, q.weight, q.bias, kv.weight, kv.bias, proj.weight, proj.bias, num_heads, pool_sizes, residual,
+            kv_pool=cls.kv_pool, attention=cls.attention,
+            attention_projected=functools.partial(cls.attention_projected, proj))
 
 
 class ReferenceOps(_DirectOps):
@@ -205,7 +200,7 @@ class ReferenceOps(_DirectOps):
         return _attention._attention_reference(q, k, v, scale)[0]
 
     @staticmethod
-    def attention_projected(q, k, v, scale, proj, residual):
+    def attention_projected(proj, q, k, v, scale, residual):
         return _attention._attention_projected_reference(q, k, v, scale, proj.weight, proj.bias, residual)[0]
 
 
@@ -214,10 +209,13 @@ def _kernels():
     """The Triton launcher modules, imported on first use (the model imports without Triton)."""
     import types
 
-    from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer
+    from litesam_kernels.triton import attention, conv_block, conv_mlp, layer_norm, pool_mixer, pool_mixer_block
+    from litesam_kernels.triton._activations import fast_gelu_for
+    from litesam_kernels.triton._precision import dot_precision
 
     return types.SimpleNamespace(attention=attention, conv_block=conv_block, conv_mlp=conv_mlp,
-                                 layer_norm=layer_norm, pool_mixer=pool_mixer)
+                                 layer_norm=layer_norm, pool_mixer=pool_mixer, pool_mixer_block=pool_mixer_block,
+                                 dot_precision=dot_precision, fast_gelu_for=fast_gelu_for)
 
 
 class TritonOps(_DirectOps):
@@ -228,6 +226,15 @@ class TritonOps(_DirectOps):
     @staticmethod
     def pool_mixer(x, bn, pool_sizes):
         return _kernels().pool_mixer.pool_mixer_forward(x, bn.scale, pool_sizes)  # the shift cancels
+
+    @classmethod
+    def pool_mixer_block(cls, x, bn, pool_sizes, mlp):
+        kernels = _kernels()
+        if not kernels.pool_mixer_block.fits(x.shape[-1], mlp.w1.shape[0]):  # as the op decides: two kernels
+            return super().pool_mixer_block(x, bn, pool_sizes, mlp)
+        return kernels.pool_mixer_block.pool_mixer_block_forward(
+            x, bn.scale, mlp.w1, mlp.b1, mlp.w2, mlp.b2, pool_sizes, kernels.dot_precision(x.dtype, "conv"),
+            kernels.fast_gelu_for(x.dtype))
 
     @staticmethod
     def conv_mlp(x, mlp, residual):
@@ -262,12 +269,15 @@ class TritonOps(_DirectOps):
         return _kernels().attention.attention_forward(q, k, v, scale)[0]
 
     @staticmethod
-    def attention_projected(q, k, v, scale, proj, residual):
-        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual)[0]
+    def attention_projected(proj, q, k, v, scale, residual):
+        # inference: the kernel variant that does not write the backward's state
+        return _kernels().attention.attention_projected_forward(q, k, v, scale, proj.weight, proj.bias_acc, residual,
+                                                                store_state=False)[0]
 
 
 # The op families the encoder calls (``_backend`` names): one backend choice each per forward.
-OP_FAMILIES = ("pool_mixer", "dwconv_act", "conv_mlp", "layer_norm2d", "kv_pool2d", "multi_head_attention")
+OP_FAMILIES = ("pool_mixer", "pool_mixer_block", "dwconv_act", "conv_mlp", "layer_norm2d", "kv_pool2d",
+               "multi_head_attention")  # the projected attention dispatches as multi_head_attention
 _DIRECT = {"triton": TritonOps, "reference": ReferenceOps}
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_tensor
-from litesam_kernels.model._autocast import autocast_off
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.model.fused_ops import (BatchNormAffine, ConvMLPWeights, ConvWeights, CustomOps,
                                              DepthwiseWeights, LayerNormWeights, LinearWeights, ReferenceOps)
 from litesam_kernels.ops._dense import DTYPES, acc_dtype
@@ -172,7 +172,8 @@ class Folds:
     def linear(self, module) -> LinearWeights:
         """An ``nn.Linear`` or 1x1 ``nn.Conv2d`` in the activation dtype (cuBLAS GEMMs on channels-last tokens)."""
         bias = module.bias.to(self.dtype) if module.bias is not None else None
-        bias_acc = module.bias.to(self.acc).contiguous() if module.bias is not None else None
+        # rounded to the activation dtype first, as the ops round every weight they are given
+        bias_acc = bias.to(self.acc).contiguous() if bias is not None else None
         return LinearWeights(_linear_weight(module).to(self.dtype).contiguous(), bias, bias_acc)
 
 
@@ -257,7 +258,7 @@ def fused_forward(model, images: torch.Tensor) -> torch.Tensor:
         out = litevit_prepared.prepared_forward(model, images, dtype)
         if out is not None:
             return out
-    # the custom ops run their references on empty tensors anyway; the references are plain (differentiable)
-    # torch, and ops.pooled_kv_attention's view(b, -1, ...) cannot infer a size when b == 0
+    # the custom ops run their references on empty tensors anyway, and the references are plain
+    # (differentiable) torch
     ops = ReferenceOps if images.shape[0] == 0 else CustomOps
     return run_encoder(model, images.to(dtype), Folds(dtype), ops)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from litesam_kernels.model import fused_ops
-from litesam_kernels.model._autocast import autocast_off
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.model.litevit_fused import FOLD_METHODS, Folds, run_encoder
 
 MAX_CACHED = 4  # (activation dtype, device) entries per encoder; the least recently built is dropped
@@ -260,7 +260,10 @@ def prepared_forward(model, images: torch.Tensor, dtype: torch.dtype) -> Optiona
         return None
     if torch.is_grad_enabled() and (images.requires_grad or tree.requires_grad()):
         return None
-    state = ModuleState(tree.tensors())
+    try:
+        state = ModuleState(tree.tensors())
+    except RuntimeError:  # inference tensors (made under torch.inference_mode) have no version counter:
+        return None       # a change to them could not be seen, so they run on the custom ops, uncached
     key = (dtype, images.device)
     with autocast_off(images.device.type):
         x = images.to(dtype)

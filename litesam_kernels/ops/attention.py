@@ -10,7 +10,13 @@
   projection, its bias and the residual fused into the attention kernel's epilogue (output channels <= 256,
   head dim <= 64).
 - :func:`pooled_kv_attention`: ``residual + proj(MHA(Wq t, Wkv kv_pool2d(t)))``: LiteViT's
-  ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``.
+  ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``; its composition, :func:`compose_pooled_kv_attention`,
+  also runs the prepared encoder's op tables (one copy: the prepared path computes what the op computes).
+
+The fused projection's kernel writes the attention output and log-sum-exp (the backward's state) only when
+a gradient can need them (grad mode on and an input requiring grad: ``litesam::multi_head_attention_projected``);
+otherwise ``litesam::multi_head_attention_projected_inference`` runs the variant without them, a quarter less
+traffic.
 
 Pooling happens before the K/V projection, not inside the attention kernel's K/V load: average pooling
 commutes with the affine projection, and projecting the pooled tokens (HW/4 + HW/16 of them) costs 3.2x
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import batch_chunks, check_gradient, check_real, check_same_device, check_tensor
+from litesam_kernels._checks import check_gradient, check_real, check_same_device, check_tensor
 from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import DTYPES, acc_dtype, check_like, check_nhwc, check_vector
 
@@ -76,7 +82,8 @@ def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Te
 
     Returns:
         ``(B, Lq, C_out)`` contiguous, q's dtype. The attention output is rounded to q's dtype before the
-        projection, as the unfused ``linear(multi_head_attention(...))`` computes it. Differentiable.
+        projection, as the unfused ``linear(multi_head_attention(...))`` computes it. Differentiable; the
+        backward's state is kept only when grad mode is on and an input requires grad.
 
     Raises:
         TypeError / ValueError for bad types, shapes, devices or scale.
@@ -84,7 +91,9 @@ def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     scale = _scale(q, scale)
     _check_attention(q, k, v, scale)
     _check_projection(q, wproj, bproj, residual)
-    return torch.ops.litesam.multi_head_attention_projected(q, k, v, scale, wproj, bproj, residual)[0]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, wproj, bproj, residual)):
+        return torch.ops.litesam.multi_head_attention_projected(q, k, v, scale, wproj, bproj, residual)[0]
+    return torch.ops.litesam.multi_head_attention_projected_inference(q, k, v, scale, wproj, bproj, residual)
 
 
 def kv_pool2d(x: torch.Tensor, pool_sizes: Sequence[int] = (2, 4)) -> torch.Tensor:
@@ -111,21 +120,45 @@ def pooled_kv_attention(x_norm: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor
     floating dtype: the projections run in x_norm's dtype (float32 master weights with half activations
     work). The q and kv projections are cuBLAS GEMMs on channels-last tokens; pooling is one fused op, and
     attention + output projection + bias + residual another (C <= 256 and head dim <= 64; otherwise
-    attention, then a GEMM).
+    attention, then a GEMM). An empty batch gives an empty output.
     """
     _check_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, kv_pool_sizes, residual)
+    wq, bq, wkv, bkv, wproj, bproj = (t.to(x_norm.dtype) for t in (wq, bq, wkv, bkv, wproj, bproj))
+
+    def attention_projected(q, k, v, scale, res):
+        return multi_head_attention_projected(q, k, v, wproj, bproj, res, scale)
+
+    return compose_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, kv_pool_sizes, residual,
+                                       kv_pool=kv_pool2d, attention=multi_head_attention,
+                                       attention_projected=attention_projected)
+
+
+def compose_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, pool_sizes, residual, *,
+                                kv_pool, attention, attention_projected):
+    """:func:`pooled_kv_attention` on given kernels, for inputs already checked: the public op runs it on the
+    custom ops, the prepared encoder's op tables on the Triton launchers or the references.
+
+    x_norm ``(B, H, W, C)``; the weights in x_norm's dtype (``wproj``, ``bproj``: for the GEMM after an unfused
+    attention); residual ``(B, H, W, C)`` or None. The kernels: ``kv_pool(x, pool_sizes) -> (B, L, C)``,
+    ``attention(q, k, v, scale) -> (B, Lq, heads, D)`` and ``attention_projected(q, k, v, scale, residual)
+    -> (B, Lq, C)``, the fused ``[residual +] proj(attention)`` with the output projection as the caller
+    prepared it (residual ``(B, Lq, C)`` or None). The projection is fused where the kernel allows it.
+    """
     b, h, w, c = x_norm.shape
     d = c // num_heads
-    wq, bq, wkv, bkv, wproj, bproj = (t.to(x_norm.dtype) for t in (wq, bq, wkv, bkv, wproj, bproj))
-    q = F.linear(x_norm, wq, bq).view(b, h * w, num_heads, d)
-    kv = F.linear(kv_pool2d(x_norm, kv_pool_sizes), wkv, bkv).view(b, -1, 2, num_heads, d)
+    scale = 1.0 / math.sqrt(d)
+    queries = F.linear(x_norm, wq, bq).view(b, h * w, num_heads, d)
+    sources = kv_pool(x_norm, pool_sizes)
+    # the pooled length spelled out: view(b, -1, ...) cannot infer it when b == 0
+    keys_values = F.linear(sources, wkv, bkv).view(b, sources.shape[1], 2, num_heads, d)
+    keys, values = keys_values[:, :, 0], keys_values[:, :, 1]
     if c <= MAX_PROJECTED_CHANNELS and d in PROJECTED_HEAD_DIMS:
         res = None if residual is None else residual.reshape(b, h * w, c)
-        return multi_head_attention_projected(q, kv[:, :, 0], kv[:, :, 1], wproj, bproj, res).view(b, h, w, c)
-    o = multi_head_attention(q, kv[:, :, 0], kv[:, :, 1]).view(b, h, w, c)
+        return attention_projected(queries, keys, values, scale, res).view(b, h, w, c)
+    out = attention(queries, keys, values, scale).view(b, h, w, c)
     if residual is None:
-        return F.linear(o, wproj, bproj)
-    return torch.addmm(bproj, o.view(-1, c), wproj.t()).view(b, h, w, c) + residual
+        return F.linear(out, wproj, bproj)
+    return torch.addmm(bproj, out.view(-1, c), wproj.t()).view(b, h, w, c) + residual
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -339,10 +372,8 @@ def _attention_backward(ctx, grads):
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-@torch.library.custom_op("litesam::multi_head_attention_projected", mutates_args=())
-def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
-                  bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """Returns [y, out, logsumexp]: out (the attention output) and logsumexp are the backward's state."""
+def _projected_forward(q, k, v, scale, wproj, bproj, residual, store_state: bool) -> List[torch.Tensor]:
+    """The projected ops' body: [y, out, logsumexp], or [y] without the backward's state."""
     _check_attention(q, k, v, scale)
     _check_projection(q, wproj, bproj, residual)
     with autocast_off(q.device):
@@ -350,10 +381,19 @@ def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
             from litesam_kernels.triton.attention import attention_projected_forward
 
             res = None if residual is None else residual.contiguous()
-            return list(attention_projected_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale,
-                                                    wproj.to(q.dtype).contiguous(),
-                                                    bproj.to(acc_dtype(q.dtype)).contiguous(), res))
-        return _attention_projected_reference(q, k, v, scale, wproj, bproj, residual)
+            y, out, lse = attention_projected_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale,
+                                                      wproj.to(q.dtype).contiguous(),
+                                                      bproj.to(acc_dtype(q.dtype)).contiguous(), res, store_state)
+        else:
+            y, out, lse = _attention_projected_reference(q, k, v, scale, wproj, bproj, residual)
+    return [y, out, lse] if store_state else [y]
+
+
+@torch.library.custom_op("litesam::multi_head_attention_projected", mutates_args=())
+def _projected_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
+                  bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Returns [y, out, logsumexp]: out (the attention output) and logsumexp are the backward's state."""
+    return _projected_forward(q, k, v, scale, wproj, bproj, residual, store_state=True)
 
 
 @_projected_op.register_fake
@@ -363,6 +403,19 @@ def _projected_fake(q, k, v, scale, wproj, bproj, residual):
     b, lq, nh, _ = q.shape
     return [q.new_empty((b, lq, wproj.shape[0])), torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((b, nh, lq), dtype=acc_dtype(q.dtype))]
+
+
+@torch.library.custom_op("litesam::multi_head_attention_projected_inference", mutates_args=())
+def _projected_inference_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, wproj: torch.Tensor,
+                            bproj: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """y alone: the kernel variant that does not write the backward's state. Not differentiable (backward
+    raises); :func:`multi_head_attention_projected` takes it when no gradient can be needed."""
+    return _projected_forward(q, k, v, scale, wproj, bproj, residual, store_state=False)[0]
+
+
+@_projected_inference_op.register_fake
+def _projected_inference_fake(q, k, v, scale, wproj, bproj, residual):
+    return _projected_fake(q, k, v, scale, wproj, bproj, residual)[0]
 
 
 def _projected_setup(ctx, inputs, output):
@@ -399,9 +452,7 @@ def _kv_pool_op(x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
         if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
             from litesam_kernels.triton.attention import kv_pool_forward
 
-            # The kernel's grid holds the batch on axis 1 (at most 65535 programs): large batches in slices.
-            pieces = [kv_pool_forward(x[part].contiguous(), pool_sizes) for part in batch_chunks(x.shape[0], 1)]
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            return kv_pool_forward(x.contiguous(), pool_sizes)
         return _kv_pool_reference(x, pool_sizes)
 
 
@@ -430,13 +481,7 @@ def _kv_pool_backward_op(grad: torch.Tensor, x: torch.Tensor, pool_sizes: List[i
         if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
             from litesam_kernels.triton.attention import kv_pool_backward
 
-            # Grid axis 1 holds B * H programs (at most 65535): large batches in slices.
-            b, h, w, c = x.shape
-            if h > 65535:
-                raise ValueError(f"kv_pool2d's Triton backward takes x of at most 65535 rows, got shape {tuple(x.shape)}")
-            pieces = [kv_pool_backward(grad[part].contiguous(), (part.stop - part.start, h, w, c), pool_sizes)
-                      for part in batch_chunks(b, h)]
-            return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            return kv_pool_backward(grad.contiguous(), tuple(x.shape), pool_sizes)
         return _kv_pool_backward_reference(grad, x, pool_sizes)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_tensor
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import acc_dtype, check_nhwc, check_vector, gelu_grad
 
 _DWCONV = _backend.register(_backend.OpImplementations("dwconv_act", has_triton=True))
@@ -28,7 +29,8 @@ def dwconv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activa
         x: ``(B, H, W, C)`` float16/bfloat16/float32/float64.
         weight: ``(C, k, k)`` floating (a ``Conv2d(C, C, k, groups=C)`` weight without its dim 1), k odd <= 9.
         bias: ``(C,)`` floating. Both on the device of ``x``, differentiable.
-        activation: ``"gelu"`` (exact, erf) or ``"none"``.
+        activation: ``"gelu"`` or ``"none"``. GELU is the exact (erf) one; the Triton kernels use the tanh form
+            for float16/bfloat16 input (within 5e-4 of exact, below the output's rounding; ``triton/_activations.py``).
         residual: add ``x`` to the result.
 
     Returns:
@@ -108,7 +110,8 @@ def _dwconv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activa
 
         xc, taps, b, k = _triton_args(x, weight, bias)
         return dwconv_forward(xc, taps, b, k, activation == "gelu", residual)
-    return _dwconv_reference(x, weight, bias, activation, residual).contiguous()
+    with autocast_off(x.device):
+        return _dwconv_reference(x, weight, bias, activation, residual).contiguous()
 
 
 @_dwconv_op.register_fake
@@ -124,9 +127,11 @@ def _dwconv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
         from litesam_kernels.triton.conv_block import dwconv_backward
 
         xc, taps, b, k = _triton_args(x, weight, bias)
-        dx, dtaps, db = dwconv_backward(grad.contiguous(), xc, taps, b, k, activation == "gelu", residual)
+        dx, dtaps, db = dwconv_backward(grad.to(x.dtype).contiguous(), xc, taps, b, k, activation == "gelu",
+                                        residual)
         return [dx, dtaps.t().reshape(weight.shape).to(weight.dtype), db.to(bias.dtype)]
-    return _dwconv_backward_reference(grad, x, weight, bias, activation, residual)
+    with autocast_off(x.device):
+        return _dwconv_backward_reference(grad, x, weight, bias, activation, residual)
 
 
 @_dwconv_backward_op.register_fake

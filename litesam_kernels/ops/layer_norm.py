@@ -11,6 +11,7 @@ import torch
 
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_real
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import acc_dtype, check_nhwc, check_vector
 
 _LAYER_NORM = _backend.register(_backend.OpImplementations("layer_norm2d", has_triton=True))
@@ -83,7 +84,8 @@ def _layer_norm_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ep
         acc = acc_dtype(x.dtype)
         y = layer_norm_forward(_flat(x), weight.to(acc).contiguous(), bias.to(acc).contiguous(), eps)
         return y.view(x.shape)
-    return _layer_norm_reference(x, weight, bias, eps).contiguous()
+    with autocast_off(x.device):
+        return _layer_norm_reference(x, weight, bias, eps).contiguous()
 
 
 @_layer_norm_op.register_fake
@@ -99,9 +101,10 @@ def _layer_norm_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
         from litesam_kernels.triton.layer_norm import layer_norm_backward
 
         w = weight.to(acc_dtype(x.dtype)).contiguous()
-        dx, dw, db = layer_norm_backward(_flat(grad), _flat(x), w, eps)
+        dx, dw, db = layer_norm_backward(_flat(grad.to(x.dtype)), _flat(x), w, eps)
         return [dx.view(x.shape), dw.to(weight.dtype), db.to(bias.dtype)]
-    return _layer_norm_backward_reference(grad, x, weight, bias, eps)
+    with autocast_off(x.device):
+        return _layer_norm_backward_reference(grad, x, weight, bias, eps)
 
 
 @_layer_norm_backward_op.register_fake

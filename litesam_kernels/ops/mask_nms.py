@@ -18,11 +18,13 @@ Semantics shared by the three ops (every backend returns identical IoUs and keep
 
 Backends: ``cuda`` (tiles of 64 x 64 pairs; box-overlapping pairs compacted, one warp per pair ANDs and
 ``__popc``-s the boxes' intersection; mask NMS writes box NMS's N x ceil(N/64) int64 suppression bitmask
-and reuses its device-side greedy walk: one host sync, for the kept count); ``triton`` (IoU tiles with a
-SWAR popcount; mask NMS thresholds the N x N float32 IoU into the same bitmask and reuses box NMS's Triton
-walk); ``cpu`` (C++: lazy greedy, only (kept, not yet suppressed) pairs are evaluated, in parallel per
-kept mask); ``reference`` (dense float64 matmul and a Python loop). Matrix NMS uses the backend's IoU
-kernel, then the decay in torch (O(N^2) memory).
+and reuses its device-side greedy walk: one host sync, for the kept count); ``triton`` (the box-overlapping
+pairs are compacted first, each pair ANDs and popcounts only its own boxes' intersection, in equal-sized
+work items; hardware popcount on the GPU; mask NMS thresholds those pairs' IoUs straight into the same
+bitmask and reuses box NMS's Triton walk: one host sync for the pair count, one for the kept count; see
+``triton/mask_nms.py``); ``cpu`` (C++: lazy greedy, only (kept, not yet suppressed) pairs are evaluated,
+in parallel per kept mask); ``reference`` (dense float64 matmul and a Python loop). Matrix NMS uses the
+backend's IoU kernel, then the decay in torch (O(N^2) memory).
 """
 from __future__ import annotations
 
@@ -313,45 +315,59 @@ def _matrix_nms_reference(packed, scores, idxs, kernel: str, sigma: float, width
 
 
 # ------------------------------------------------------------------------------------------ kernel paths
+def _iou_from_counts(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Exact counts divided in float64, rounded once to float32; 0 for an empty union (as the reference)."""
+    return torch.where(union > 0, (inter.double() / union.clamp(min=1).double()).float(), 0.0)
+
+
+def _triton_pair_ious(packed_a, boxes_a, packed_b, boxes_b, upper: bool, groups=None):
+    """``(a index, b index, IoU)`` per pass of the pairs whose boxes intersect (the others have IoU 0)."""
+    from litesam_kernels.triton.mask_nms import mask_areas, overlapping_pair_intersections
+
+    height, words = packed_a.shape[1], packed_a.shape[2]
+    area_a = mask_areas(packed_a)
+    area_b = area_a if packed_b is packed_a else mask_areas(packed_b)
+    for first, second, inter in overlapping_pair_intersections(
+            packed_a, _windows(boxes_a, height, words), packed_b, _windows(boxes_b, height, words), upper, groups):
+        yield first, second, _iou_from_counts(inter, area_a[first] + area_b[second] - inter)
+
+
+def _triton_dense_iou(packed_a, boxes_a, packed_b, boxes_b, upper: bool) -> torch.Tensor:
+    iou = torch.zeros(packed_a.shape[0], packed_b.shape[0], dtype=torch.float32, device=packed_a.device)
+    for first, second, pair_iou in _triton_pair_ious(packed_a, boxes_a, packed_b, boxes_b, upper):
+        iou[first, second] = pair_iou
+    return iou
+
+
 def _ranked_iou_upper(backend: str, packed_sorted, boxes_sorted) -> torch.Tensor:
     """IoU of masks already in rank order, entries j > i only (the rest 0), on a kernel backend."""
     if backend == "triton":
-        from litesam_kernels.triton.mask_nms import mask_iou as triton_mask_iou
-
-        windows = _windows(boxes_sorted, packed_sorted.shape[1], packed_sorted.shape[2])
-        return triton_mask_iou(packed_sorted, windows, packed_sorted, windows, upper=True)
+        return _triton_dense_iou(packed_sorted, boxes_sorted, packed_sorted, boxes_sorted, upper=True)
     return _backend.compiled_op(_MASK_IOU)(packed_sorted, boxes_sorted, packed_sorted, boxes_sorted, True)
 
 
 def _mask_nms_triton(packed, boxes, scores, iou_threshold: float, idxs) -> torch.Tensor:
-    """The mask-IoU Triton kernel on ranked masks, thresholded into the box-NMS bitmask layout, then box
-    NMS's greedy walk (triton/nms.py): no host loop."""
+    """IoUs of the ranked, box-overlapping, same-group pairs only (Triton), thresholded straight into box
+    NMS's suppression bitmask, then box NMS's greedy walk (triton/nms.py): no dense IoU, no host loop."""
     from litesam_kernels.triton.nms import greedy_keep_from_mask
 
     n = packed.shape[0]
     order = nms_visit_order(scores, idxs)
     groups_sorted = None if idxs is None else idxs[order].to(torch.int64).contiguous()
-    iou = _ranked_iou_upper("triton", packed[order].contiguous(), boxes[order])
-    suppress = iou.double() > iou_threshold
-    if groups_sorted is not None:
-        suppress &= groups_sorted[:, None] == groups_sorted[None, :]
-    bitmask = _pack_suppression_bits(suppress)
+    packed_sorted = packed[order].contiguous()
+    col_blocks = -(-n // _BOXES_PER_WORD)
+    bitmask = torch.zeros(n * col_blocks, dtype=torch.int64, device=packed.device)
+    boxes_sorted = boxes[order]
+    for first, second, pair_iou in _triton_pair_ious(packed_sorted, boxes_sorted, packed_sorted, boxes_sorted,
+                                                     upper=True, groups=groups_sorted):
+        bit = torch.bitwise_left_shift(torch.ones_like(second), second % _BOXES_PER_WORD)
+        # Each (first, second) pair is listed once, so the bits added into a word are distinct: the sum is
+        # their OR (bit 63 is the sign bit; two's complement keeps it exact).
+        bitmask.index_put_((first * col_blocks + second // _BOXES_PER_WORD,),
+                           torch.where(pair_iou.double() > iou_threshold, bit, 0), accumulate=True)
     keep = greedy_keep_from_mask(bitmask, group_block_ends(groups_sorted, n, packed.device), n)
     kept = order[keep]
     return kept if idxs is None else in_score_order(kept, scores)
-
-
-def _pack_suppression_bits(suppress: torch.Tensor) -> torch.Tensor:
-    """bool (N, N) -> int64 (N * ceil(N/64)): bit j of word [i, c] = suppress[i, 64c + j]."""
-    n = suppress.shape[0]
-    col_blocks = -(-n // _BOXES_PER_WORD)
-    padded = torch.nn.functional.pad(suppress, (0, col_blocks * _BOXES_PER_WORD - n)).to(torch.int64)
-    weights = torch.bitwise_left_shift(
-        torch.ones(_BOXES_PER_WORD, dtype=torch.int64, device=suppress.device),
-        torch.arange(_BOXES_PER_WORD, dtype=torch.int64, device=suppress.device),
-    )
-    # Disjoint bits: the sum is their OR (bit 63 is the sign bit; two's complement keeps it exact).
-    return (padded.view(n, col_blocks, _BOXES_PER_WORD) * weights).sum(-1).flatten().contiguous()
 
 
 def _no_pixels(packed, width: int) -> bool:
@@ -365,11 +381,7 @@ def _run_mask_iou(packed_a, packed_b, width: int) -> torch.Tensor:
         return _mask_iou_reference(packed_a, packed_b, width)
     boxes_a, boxes_b = packed_mask_boxes(packed_a, width), packed_mask_boxes(packed_b, width)
     if backend == "triton":
-        from litesam_kernels.triton.mask_nms import mask_iou as triton_mask_iou
-
-        height, words = packed_a.shape[1], packed_a.shape[2]
-        return triton_mask_iou(packed_a, _windows(boxes_a, height, words), packed_b,
-                               _windows(boxes_b, height, words), upper=False)
+        return _triton_dense_iou(packed_a, boxes_a, packed_b, boxes_b, upper=False)
     return _backend.compiled_op(_MASK_IOU)(packed_a, boxes_a, packed_b, boxes_b, False)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,8 @@ from litesam_kernels.ops.bitmask import pack_masks, packed_width, unpack_masks
 
 SAM_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REFERENCE_CHUNK = 8  # masks resized at once by the reference (bounds its full-resolution memory)
+_TABLES: dict = {}  # (low_h, low_w, image_size, input_size, original_size, layout, device) -> resize tables
+_MAX_CACHED_TABLES = 64
 
 _STABILITY = _backend.register(_backend.OpImplementations("stability_score", has_triton=True))
 _BOXES = _backend.register(_backend.OpImplementations("masks_to_boxes", has_triton=True))
@@ -251,19 +254,19 @@ def _empty_postprocess(low_res_logits, original_size, packed: bool):
 # ------------------------------------------------------------------------------------------ triton path
 def bilinear_table(in_size: int, out_size: int, device) -> torch.Tensor:
     """(out_size, 4) float32 rows ``[i0, i1, w0, w1]``: torch's bilinear (align_corners=False) source
-    indices and weights along one axis, with its float32 arithmetic (source index in FMA form)."""
+    indices and weights along one axis, with its float32 arithmetic (source index in FMA form), built
+    with device-side ops (no host-to-device copy)."""
     if in_size == out_size:  # torch copies
         index = torch.arange(out_size, dtype=torch.float32, device=device)
         return torch.stack([index, index, torch.ones_like(index), torch.zeros_like(index)], dim=1)
-    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
-    centres = torch.arange(out_size, dtype=torch.float32) + 0.5
+    scale = float(np.float32(in_size) / np.float32(out_size))  # torch's float32 ratio, held exactly
+    centres = torch.arange(out_size, dtype=torch.float64, device=device) + 0.5
     # fma(scale, d + 0.5, -0.5): the float64 product is exact, so one rounding to float32.
-    source = (scale.double() * centres.double() - 0.5).float().clamp(min=0)
-    i0 = torch.minimum(torch.floor(source), torch.tensor(float(in_size - 1)))
+    source = (scale * centres - 0.5).float().clamp(min=0)
+    i0 = torch.floor(source).clamp(max=in_size - 1)
     i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
     w1 = (source - i0).clamp(0, 1)
-    w0 = 1 - w1
-    return torch.stack([i0, i1, w0, w1], dim=1).to(device)
+    return torch.stack([i0, i1, 1 - w1, w1], dim=1)
 
 
 def _interpret(device) -> bool:
@@ -277,7 +280,7 @@ def _stability_score_triton(mask_logits, mask_threshold: float, offset: float) -
     logits = mask_logits.reshape(-1, height, width).contiguous()
     high = rounded_threshold(mask_threshold + offset, logits.dtype)
     low = rounded_threshold(mask_threshold - offset, logits.dtype)
-    counts = stability_counts(logits, high, low, _interpret(logits.device)).sum(1, dtype=torch.int32)
+    counts = stability_counts(logits, high, low).sum(1, dtype=torch.int32)
     return (counts[:, 0] / counts[:, 1]).reshape(lead)
 
 
@@ -296,18 +299,30 @@ def _masks_to_boxes_triton(masks, width) -> torch.Tensor:
     packed = masks.dtype == torch.int32
     lead, height, last = masks.shape[:-2], masks.shape[-2], masks.shape[-1]
     flat = masks.reshape(-1, height, last).contiguous()
-    partial = box_partials(flat, width if packed else last, packed, _interpret(masks.device))
+    partial = box_partials(flat, width if packed else last, packed)
     return _boxes_from_partials(partial).reshape(*lead, 4)
 
 
-def _resize_tables(low_res_logits, input_size, original_size, image_size):
-    """(y1, x1, y2, x2): stage-1 tables cropped to input_size, stage-2 tables to original_size."""
+def _resize_tables(low_res_logits, input_size, original_size, image_size, struct_of_arrays: bool = False):
+    """(y1, x1, y2, x2): stage-1 tables cropped to input_size, stage-2 tables to original_size, (size, 4)
+    rows (the C++ kernel's layout) or, with ``struct_of_arrays``, (4, size) contiguous (the Triton kernel's:
+    consecutive columns are consecutive addresses); built on the logits' device once per (sizes, layout,
+    device) and cached (a pipeline calls with the same sizes)."""
     _, low_h, low_w = low_res_logits.shape
     device = low_res_logits.device
-    return (bilinear_table(low_h, image_size, device)[: input_size[0]].contiguous(),
-            bilinear_table(low_w, image_size, device)[: input_size[1]].contiguous(),
-            bilinear_table(input_size[0], original_size[0], device),
-            bilinear_table(input_size[1], original_size[1], device))
+    key = (low_h, low_w, int(image_size), tuple(input_size), tuple(original_size), struct_of_arrays, device)
+    tables = _TABLES.get(key)
+    if tables is None:
+        tables = (bilinear_table(low_h, image_size, device)[: input_size[0]].contiguous(),
+                  bilinear_table(low_w, image_size, device)[: input_size[1]].contiguous(),
+                  bilinear_table(input_size[0], original_size[0], device),
+                  bilinear_table(input_size[1], original_size[1], device))
+        if struct_of_arrays:
+            tables = tuple(table.t().contiguous() for table in tables)
+        _TABLES[key] = tables
+        while len(_TABLES) > _MAX_CACHED_TABLES:
+            _TABLES.pop(next(iter(_TABLES)))
+    return tables
 
 
 def _rounded_thresholds(dtype, mask_threshold: float, stability_offset: float):
@@ -331,9 +346,8 @@ def _postprocess_masks_triton(low_res_logits, input_size, original_size, mask_th
     n = logits.shape[0]
     height, width = original_size
     device = logits.device
-    y1, x1, y2, x2 = _resize_tables(logits, input_size, original_size, image_size)
-    thresholds = torch.tensor(_rounded_thresholds(logits.dtype, mask_threshold, stability_offset),
-                              dtype=torch.float32, device=device)
+    y1, x1, y2, x2 = _resize_tables(logits, input_size, original_size, image_size, struct_of_arrays=True)
+    thresholds = _rounded_thresholds(logits.dtype, mask_threshold, stability_offset)
     masks, counts, box_partial = fused_postprocess(logits, y1, x1, y2, x2, thresholds, height, width, packed,
                                                    _interpret(device))
     if n == 0:

@@ -3,7 +3,8 @@
 ``pool_mixer(x, scale, shift) = x + mean_k(avg_pool_k(z)) - z`` with ``z = x * scale + shift`` (the block's
 BatchNorm folded into a per-channel affine map), stride-1 "same" average pools of the odd sizes
 ``pool_sizes`` (default 3, 5, 7) that count only cells inside the image (``count_include_pad=False``).
-That is ``x + MultiScalePool(BN(x))`` of ``model.litevit.PoolMixerBlock`` in one pass over memory.
+That is ``x + MultiScalePool(BN(x))`` of ``model.litevit.PoolMixerBlock`` in one pass over memory: the
+Triton kernel walks each column strip down the image once with separable window sums (``triton/pool_mixer.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
+from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import acc_dtype, check_nhwc, check_vector
 
 _POOL_MIXER = _backend.register(_backend.OpImplementations("pool_mixer", has_triton=True))
@@ -91,7 +93,8 @@ def _pool_mixer_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, po
 
         xc, scale_c, _ = _triton_args(x, scale, shift)
         return pool_mixer_forward(xc, scale_c, pool_sizes)
-    return _pool_mixer_reference(x, scale, shift, pool_sizes).contiguous()
+    with autocast_off(x.device):
+        return _pool_mixer_reference(x, scale, shift, pool_sizes).contiguous()
 
 
 @_pool_mixer_op.register_fake
@@ -109,7 +112,8 @@ def _pool_mixer_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Te
         xc, scale_c, _ = _triton_args(x, scale, shift)
         dx, dscale, dshift = pool_mixer_backward(grad.contiguous(), xc, scale_c, pool_sizes)
         return [dx, dscale.to(scale.dtype), dshift.to(shift.dtype)]
-    return _pool_mixer_backward_reference(grad, x, scale, shift, pool_sizes)
+    with autocast_off(x.device):
+        return _pool_mixer_backward_reference(grad, x, scale, shift, pool_sizes)
 
 
 @_pool_mixer_backward_op.register_fake

@@ -152,20 +152,20 @@ def _first_pixels(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_to_rle_triton(masks: torch.Tensor, width):
-    from litesam_kernels.triton.rle import change_boundaries, column_change_counts
+    from litesam_kernels.triton.rle import change_boundaries, column_change_counts, rows_per_program
 
     packed = masks.dtype == torch.int32
     masks = masks.contiguous()
     n, height = masks.shape[:2]
     mask_width = width if packed else masks.shape[2]
-    interpret = masks.device.type == "cpu"
-    per_column = column_change_counts(masks, mask_width, packed, interpret).to(torch.int64)
-    changes_per_mask = per_column.sum(1)
+    row_block = rows_per_program(n, height, mask_width)
+    per_block = column_change_counts(masks, mask_width, packed, row_block).to(torch.int64)  # (N, W, row blocks)
+    changes_per_mask = per_block.sum((1, 2))
     first = _first_pixels(masks)
-    flat = per_column.flatten()
-    offsets = (torch.cumsum(flat, 0) - flat).view(n, mask_width)
+    flat = per_block.flatten()
+    offsets = (torch.cumsum(flat, 0) - flat).view(per_block.shape)
     changes, leading = torch.stack([changes_per_mask.sum(), first.sum()]).tolist()  # the size read
-    boundaries = change_boundaries(masks, mask_width, packed, offsets.contiguous(), changes, interpret)
+    boundaries = change_boundaries(masks, mask_width, packed, offsets, changes, row_block)
     return counts_from_boundaries(boundaries, changes_per_mask, first, height * mask_width, changes + n + leading)
 
 

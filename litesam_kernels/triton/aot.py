@@ -76,15 +76,16 @@ def module_entries(module_name: str) -> Tuple[List[AotEntry], List[str]]:
 
 
 def launched_kernels(module) -> set:
-    """Names of the module's own ``@triton.jit`` functions that none of them calls: the kernels a launcher
-    starts. Helpers called from a kernel are compiled into it (imported ones, e.g. ``_activations.gelu``,
-    belong to their own module), so they need no ``AOT_KERNELS`` entry of their own."""
+    """Names of the module's own ``@triton.jit`` functions that none of them calls or passes on: the kernels a
+    launcher starts. Helpers called from a kernel, or handed to a helper as a constexpr function argument, are
+    compiled into it (imported ones, e.g. ``_activations.gelu``, belong to their own module), so they need no
+    ``AOT_KERNELS`` entry of their own."""
     import triton
 
     own = {name: fn for name, fn in vars(module).items()
            if isinstance(fn, triton.runtime.JITFunction) and fn.__module__ == module.__name__}
     called = {name for name in own for other_name, other in own.items()
-              if other_name != name and re.search(rf"\b{re.escape(name)}\s*\(", other.src)}
+              if other_name != name and re.search(rf"\b{re.escape(name)}\b", other.src)}
     return set(own) - called
 
 

@@ -11,7 +11,10 @@ block (when BLOCK_N does not divide Lk) pays for bounds masks. It writes O and t
 units, private to the backward).
 With the projection (``_attn_fwd_proj_kernel``, output channels <= 256, D <= 64): one program owns a query tile of
 one image and walks all heads, accumulating ``y += O_head W_proj[:, head]^T`` on chip; the epilogue adds
-the bias and the residual, so LiteViT's ``x + proj(attention)`` is one launch instead of three.
+the bias and the residual, so LiteViT's ``x + proj(attention)`` is one launch instead of three. O and the
+log-sum-exp are stored only for the backward (``STORE_STATE``): inference skips them, about a quarter of the
+kernel's DRAM traffic at LiteViT's shape (16-bit, 4 heads of 32, C = 128: per query, q, the residual and y
+are 3 x 256 bytes, O and the log-sum-exp 256 + 16 more).
 Backward (FlashAttention-2 style, recompute): delta = rowsum(dO * O) by the launcher, then one kernel for
 dQ (per query block) and one for dK/dV (per key block), each recomputing P from Q, K and the saved
 log-sum-exp, with the same unmasked-body / masked-tail split.
@@ -19,8 +22,11 @@ Pooling: forward one launch per scale (window sum / count of cells inside the im
 one pass over pixels that gathers each scale's token gradient / count.
 
 fp32 dots follow ``torch.backends.cuda.matmul.allow_tf32`` (off by default: exact fp32 products; on: TF32
-tensor cores, about 1e-3 relative error per product), see ``_precision``. Grids are 1-D (no 65535 limit
-on batch x heads). Launch configurations per row-size class (``_sized_configs``), autotuned on a GPU.
+tensor cores, about 1e-3 relative error per product), see ``_precision``. Every grid is 1-D: CUDA allows
+2**31 - 1 programs on axis 0 but only 65535 on axes 1 and 2, so each kernel splits its program id into
+(tile, channel block, image or image row) itself; the grid sizes are plain functions (``*_grid``), checked
+before launch and tested on CPU at sizes too large to launch there. Launch configurations per row-size class
+(``_sized_configs``), autotuned on a GPU.
 """
 import torch
 import triton
@@ -49,12 +55,16 @@ FWD_CONFIGS = SizedConfigs("attention.fwd", [
 # LiteViT's C = 128; 512: 16-bit C = 256 or fp32 C = 128; 2048: fp32 C = 256, fp64). Fewer, taller programs
 # than the per-head kernel (one per query tile and image): small query tiles keep a batch-1 image's 4096
 # queries spread over the SMs. No spills at the class's widest rows with D = 64.
-PROJ_CONFIGS = SizedConfigs("attention.fwd_proj", [
+_PROJ_CLASSES = [
     (256, [_tiles(64, 64, 8, 3), _tiles(128, 64, 8, 3), _tiles(32, 64, 4, 3), _tiles(64, 32, 8, 3),
            _tiles(128, 32, 8, 3)]),
     (512, [_tiles(64, 32, 8, 2), _tiles(32, 64, 8, 2)]),
     (2048, [_tiles(32, 32, 8, 1), _tiles(16, 64, 8, 1)]),
-])
+]
+# Two variants of the fused kernel, tuned and compiled apart: with the backward's state (O and the
+# log-sum-exp, STORE_STATE=True) for autograd, without it for inference.
+PROJ_CONFIGS = SizedConfigs("attention.fwd_proj", _PROJ_CLASSES)
+PROJ_INFERENCE_CONFIGS = SizedConfigs("attention.fwd_proj_inference", _PROJ_CLASSES)
 DQ_CONFIGS = SizedConfigs("attention.bwd_dq", [
     (64, [_tiles(128, 64, 8, 2), _tiles(64, 64, 4, 2), _tiles(64, 128, 8, 2)]),
     (256, [_tiles(64, 64, 4, 2), _tiles(128, 32, 8, 2)]),
@@ -159,9 +169,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sqb, sql, sqh, skb, sk
 @triton.jit
 def _attn_fwd_proj_kernel(q_ptr, k_ptr, v_ptr, wp_ptr, bp_ptr, res_ptr, o_ptr, lse_ptr, y_ptr,
                           sqb, sql, sqh, skb, skl, skh, svb, svl, svh, Lq, Lk, NH, COUT, qk_scale,
-                          HAS_RES: tl.constexpr, PREC: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    ACC = lse_ptr.dtype.element_ty
+                          HAS_RES: tl.constexpr, STORE_STATE: tl.constexpr, PREC: tl.constexpr, D: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    ACC = bp_ptr.dtype.element_ty  # the bias comes in the accumulation dtype
     b, offs_m, m_ok = _query_tile(Lq, BLOCK_M)
     offs_d = tl.arange(0, D)
     cs = tl.arange(0, BLOCK_C)
@@ -171,7 +181,8 @@ def _attn_fwd_proj_kernel(q_ptr, k_ptr, v_ptr, wp_ptr, bp_ptr, res_ptr, o_ptr, l
         o, lse = _attend(q_ptr + b.to(tl.int64) * sqb + hd * sqh, k_ptr + b.to(tl.int64) * skb + hd * skh,
                          v_ptr + b.to(tl.int64) * svb + hd * svh, sql, skl, svl, offs_m, m_ok, Lk, qk_scale,
                          ACC, PREC, D, BLOCK_M, BLOCK_N)
-        _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D)
+        if STORE_STATE:  # only the backward reads them
+            _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D)
         # W_proj[:, head columns]^T as [D, BLOCK_C]: y[m, c] += sum_j O[m, j] W_proj[c, head * D + j]
         wp = tl.load(wp_ptr + cs[None, :] * (NH * D) + hd * D + offs_d[:, None], mask=c_ok[None, :], other=0.0)
         y += tl.dot(o.to(q_ptr.dtype.element_ty), wp, input_precision=PREC, out_dtype=ACC)
@@ -288,11 +299,16 @@ def _attn_bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr
 @triton.jit
 def _kv_pool_fwd_kernel(x_ptr, out_ptr, H, W, C, L, T0, S: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_C: tl.constexpr):
-    b = tl.program_id(1)
+    """Scale S's tokens (from token T0 of out's L); one program per (token tile, channel block, image), token
+    tiles fastest (:func:`kv_pool_forward_grid`)."""
     wo = (W + S - 1) // S
     ho = (H + S - 1) // S
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n_t = tl.cdiv(ho * wo, BLOCK_T)
+    n_c = tl.cdiv(C, BLOCK_C)
+    pid = tl.program_id(0)
+    b = pid // (n_t * n_c)
+    t = (pid % n_t) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cs = ((pid // n_t) % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     t_ok = t < ho * wo
     c_ok = cs < C
     oy = t // wo
@@ -314,11 +330,16 @@ def _kv_pool_fwd_kernel(x_ptr, out_ptr, H, W, C, L, T0, S: tl.constexpr, BLOCK_T
 @triton.jit
 def _kv_pool_bwd_kernel(g_ptr, dx_ptr, H, W, C, L, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                         BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    bh = tl.program_id(1)
+    """dx of BLOCK_W pixels x BLOCK_C channels of one image row; one program per (pixel tile, channel block,
+    image row), pixel tiles fastest (:func:`kv_pool_backward_grid`)."""
+    n_w = tl.cdiv(W, BLOCK_W)
+    n_c = tl.cdiv(C, BLOCK_C)
+    pid = tl.program_id(0)
+    bh = pid // (n_w * n_c)  # b * H + h
     b = bh // H
     h = bh % H
-    ws = tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ws = (pid % n_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    cs = ((pid // n_w) % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     w_ok = ws < W
     c_ok = cs < C
     m2 = w_ok[:, None] & c_ok[None, :]
@@ -337,6 +358,38 @@ def _kv_pool_bwd_kernel(g_ptr, dx_ptr, H, W, C, L, S0: tl.constexpr, S1: tl.cons
             t0 += ((H + S - 1) // S) * wo
     offs = (bh.to(tl.int64) * W + ws)[:, None] * C + cs[None, :]
     tl.store(dx_ptr + offs, acc.to(dx_ptr.dtype.element_ty), mask=m2)
+
+
+# -------------------------------------------------------------------------------------------------- grids
+MAX_GRID_X = 2**31 - 1  # CUDA's grid axis 0 (axes 1 and 2: 65535)
+
+
+def _grid_1d(programs, what):
+    """``(programs,)``, or ValueError when CUDA cannot launch that many on axis 0 (the kernels' 32-bit program
+    arithmetic has the same bound). An empty grid is not launched (Triton skips it)."""
+    programs = int(programs)
+    if programs > MAX_GRID_X:
+        raise ValueError(f"{what} needs {programs} programs, more than the {MAX_GRID_X} one launch allows")
+    return (programs,)
+
+
+def query_tile_grid(groups, length, block):
+    """1-D grid of ``_query_tile`` programs: cdiv(length, block) tiles for each of ``groups`` (images or
+    image x head pairs)."""
+    return _grid_1d(triton.cdiv(length, block) * groups, f"attention over {groups} x {length} rows")
+
+
+def kv_pool_forward_grid(batch, tokens, channels, block_t, block_c):
+    """1-D grid of ``_kv_pool_fwd_kernel`` for one scale of ``tokens`` tokens per image."""
+    return _grid_1d(triton.cdiv(tokens, block_t) * triton.cdiv(channels, block_c) * batch,
+                    f"kv_pool2d of {batch} images x {tokens} tokens x {channels} channels")
+
+
+def kv_pool_backward_grid(shape, block_w, block_c):
+    """1-D grid of ``_kv_pool_bwd_kernel`` for an input of ``shape`` (B, H, W, C)."""
+    b, h, w, c = (int(n) for n in shape)
+    return _grid_1d(triton.cdiv(w, block_w) * triton.cdiv(c, block_c) * b * h,
+                    f"the kv_pool2d backward of {(b, h, w, c)}")
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -361,7 +414,7 @@ def attention_forward(q, k, v, scale):
     prec = dot_precision(q.dtype, "matmul")
 
     def run(config):
-        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b * nh,)
+        grid = query_tile_grid(b * nh, lq, config.meta["BLOCK_M"])
         _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), lq, k.shape[1], nh,
                                scale * LOG2E, PREC=prec, D=d, **config.kwargs())
 
@@ -369,26 +422,33 @@ def attention_forward(q, k, v, scale):
     return o, lse
 
 
-def attention_projected_forward(q, k, v, scale, wproj, bproj, residual):
-    """(y, o, lse2): y (B, Lq, COUT) = [residual +] o W_proj^T + b_proj with o = attention(q, k, v) (contiguous
-    (B, Lq, NH, D), also returned, like lse2, for the backward). wproj (COUT, NH * D) contiguous in q's dtype,
-    bproj (COUT,) in the accumulation dtype, residual (B, Lq, COUT) contiguous in q's dtype or None."""
+def attention_projected_forward(q, k, v, scale, wproj, bproj, residual, store_state=True):
+    """(y, o, lse2): y (B, Lq, COUT) = [residual +] o W_proj^T + b_proj with o = attention(q, k, v). o
+    (contiguous (B, Lq, NH, D)) and lse2 are the backward's state: with ``store_state=False`` (inference) the
+    kernel does not write them and both are None. wproj (COUT, NH * D) contiguous in q's dtype, bproj (COUT,)
+    in the accumulation dtype, residual (B, Lq, COUT) contiguous in q's dtype or None."""
     b, lq, nh, d = q.shape
     cout = wproj.shape[0]
-    o = torch.empty(b, lq, nh, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, nh, lq, dtype=_acc(q.dtype), device=q.device)
     y = torch.empty(b, lq, cout, dtype=q.dtype, device=q.device)
+    if store_state:
+        o = torch.empty(b, lq, nh, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(b, nh, lq, dtype=_acc(q.dtype), device=q.device)
+    else:
+        o = lse = None
     prec = dot_precision(q.dtype, "matmul")
     block_c = max(16, triton.next_power_of_2(cout))
 
     def run(config):
-        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b,)
+        grid = query_tile_grid(b, lq, config.meta["BLOCK_M"])
+        # pointers the variant never touches get a tensor of their type (y, bproj) as placeholder
         _attn_fwd_proj_kernel[grid](
-            q, k, v, wproj, bproj, y if residual is None else residual, o, lse, y, *_strides(q), *_strides(k),
-            *_strides(v), lq, k.shape[1], nh, cout, scale * LOG2E, HAS_RES=residual is not None, PREC=prec, D=d,
-            BLOCK_C=block_c, **config.kwargs())
+            q, k, v, wproj, bproj, y if residual is None else residual, y if o is None else o,
+            bproj if lse is None else lse, y, *_strides(q), *_strides(k), *_strides(v), lq, k.shape[1], nh, cout,
+            scale * LOG2E, HAS_RES=residual is not None, STORE_STATE=store_state, PREC=prec, D=d, BLOCK_C=block_c,
+            **config.kwargs())
 
-    PROJ_CONFIGS.launch(row_bytes(q.dtype, block_c), _tune_key(q, k, cout, residual is not None, prec), run)
+    configs = PROJ_CONFIGS if store_state else PROJ_INFERENCE_CONFIGS
+    configs.launch(row_bytes(q.dtype, block_c), _tune_key(q, k, cout, residual is not None, prec), run)
     return y, o, lse
 
 
@@ -406,11 +466,11 @@ def attention_backward(do, q, k, v, o, lse, scale):
     size, key = row_bytes(q.dtype, d), _tune_key(q, k, prec)
 
     def run_dq(config):
-        grid = (triton.cdiv(lq, config.meta["BLOCK_M"]) * b * nh,)
+        grid = query_tile_grid(b * nh, lq, config.meta["BLOCK_M"])
         _attn_bwd_dq_kernel[grid](q, k, v, do, lse, delta, dq, *common, PREC=prec, D=d, **config.kwargs())
 
     def run_dkv(config):
-        grid = (triton.cdiv(lk, config.meta["BLOCK_N"]) * b * nh,)
+        grid = query_tile_grid(b * nh, lk, config.meta["BLOCK_N"])  # tiles of keys
         _attn_bwd_dkv_kernel[grid](q, k, v, do, lse, delta, dk, dv, *common, PREC=prec, D=d, **config.kwargs())
 
     DQ_CONFIGS.launch(size, key, run_dq)
@@ -427,7 +487,7 @@ def kv_pool_forward(x, sizes):
     def run(config):
         t0 = 0
         for s, n in zip(sizes, counts):
-            grid = (triton.cdiv(n, config.meta["BLOCK_T"]), b, triton.cdiv(c, config.meta["BLOCK_C"]))
+            grid = kv_pool_forward_grid(b, n, c, config.meta["BLOCK_T"], config.meta["BLOCK_C"])
             _kv_pool_fwd_kernel[grid](x, out, h, w, c, out.shape[1], t0, S=s, **config.kwargs())
             t0 += n
 
@@ -441,7 +501,7 @@ def kv_pool_backward(g, x_shape, sizes):
     padded = list(sizes) + [0] * (3 - len(sizes))
 
     def run(config):
-        grid = (triton.cdiv(w, config.meta["BLOCK_W"]), b * h, triton.cdiv(c, config.meta["BLOCK_C"]))
+        grid = kv_pool_backward_grid(x_shape, config.meta["BLOCK_W"], config.meta["BLOCK_C"])
         _kv_pool_bwd_kernel[grid](g, dx, h, w, c, g.shape[1], S0=padded[0], S1=padded[1], S2=padded[2],
                                   **config.kwargs())
 
@@ -463,15 +523,16 @@ def _attention_entries(torch_dtype, d, cout):
     fwd = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": acc, **_STRIDES, **tail, **constexprs}
     proj = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "wp_ptr": ptr, "bp_ptr": acc, "res_ptr": ptr, "o_ptr": ptr,
             "lse_ptr": acc, "y_ptr": ptr, **_STRIDES, **tail, "COUT": "i32:16",
-            **{k: "constexpr" for k in ("HAS_RES", "BLOCK_C")}, **constexprs}
+            **{k: "constexpr" for k in ("HAS_RES", "STORE_STATE", "BLOCK_C")}, **constexprs}
     dq = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": acc, "delta_ptr": acc, "dq_ptr": ptr,
           **_STRIDES, **tail, "scale": "fp32", **constexprs}
     dkv = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": acc, "delta_ptr": acc,
            "dk_ptr": ptr, "dv_ptr": ptr, **_STRIDES, **tail, "scale": "fp32", **constexprs}
     head, block_c = row_bytes(torch_dtype, d), max(16, triton.next_power_of_2(cout))
-    return (FWD_CONFIGS.family(head).aot_entries(_attn_fwd_kernel, fwd, const)
-            + PROJ_CONFIGS.family(row_bytes(torch_dtype, block_c)).aot_entries(
-                _attn_fwd_proj_kernel, proj, {**const, "HAS_RES": True, "BLOCK_C": block_c})
+    projected = [e for configs, store in ((PROJ_CONFIGS, True), (PROJ_INFERENCE_CONFIGS, False))
+                 for e in configs.family(row_bytes(torch_dtype, block_c)).aot_entries(
+                     _attn_fwd_proj_kernel, proj, {**const, "HAS_RES": True, "STORE_STATE": store, "BLOCK_C": block_c})]
+    return (FWD_CONFIGS.family(head).aot_entries(_attn_fwd_kernel, fwd, const) + projected
             + DQ_CONFIGS.family(head).aot_entries(_attn_bwd_dq_kernel, dq, const)
             + DKV_CONFIGS.family(head).aot_entries(_attn_bwd_dkv_kernel, dkv, const))
 

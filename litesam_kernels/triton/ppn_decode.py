@@ -11,8 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
+from litesam_kernels.triton._configs import LaunchConfig, LaunchConfigs
+
 _NOT_A_PEAK = tl.constexpr(-(2**63))  # below every peak's key (an order-mapped float's high word is > -2**31)
-_NUM_WARPS = 8
+# One program holds a whole heatmap: 32 warps keep 4096 cells at 64 registers per thread; 16 warps reach the
+# 128-register cap and spill, 8 spill in the full-sort branch (sm_90a AOT report).
+DECODE_CONFIGS = LaunchConfigs("ppn_decode.decode", [LaunchConfig({}, num_warps=32)])
 
 
 @triton.jit
@@ -102,12 +106,16 @@ def ppn_decode_launch(heatmap_logits: torch.Tensor, box_regression: torch.Tensor
     k_block = max(2, triton.next_power_of_2(k))  # tl.topk of 1 would reduce to a scalar
     block = max(triton.next_power_of_2(h * w), k_block)
     sizes = image_sizes if image_sizes is not None else counts  # any int64 pointer; unused
-    _ppn_decode_kernel[(b,)](
-        heatmap_logits, box_regression, sizes, points, boxes, scores, indices, counts,
-        h, w, k, float(stride), _float32_at_least(logit_threshold),
-        BLOCK=block, K_BLOCK=k_block, HAS_SIZES=image_sizes is not None,
-        num_warps=_NUM_WARPS, enable_fp_fusion=False,
-    )
+
+    def run(config):
+        _ppn_decode_kernel[(b,)](
+            heatmap_logits, box_regression, sizes, points, boxes, scores, indices, counts,
+            h, w, k, float(stride), _float32_at_least(logit_threshold),
+            BLOCK=block, K_BLOCK=k_block, HAS_SIZES=image_sizes is not None, enable_fp_fusion=False,
+            **config.kwargs(),
+        )
+
+    DECODE_CONFIGS.launch((block, k_block), run)
     return points, boxes, scores, indices, counts
 
 
@@ -125,11 +133,13 @@ def _signature(dtype: str) -> dict:
             "BLOCK": "constexpr", "K_BLOCK": "constexpr", "HAS_SIZES": "constexpr"}
 
 
-_OPTIONS = {"num_warps": _NUM_WARPS, "enable_fp_fusion": False}
-# For the sm_90a AOT check in CI: (kernel, signature, constexprs, options). 64x64 heatmaps, K = 256 (top-k)
-# and a 32x32 heatmap with K = 1024 (the full-sort branch).
+# For the sm_90a AOT check in CI: (kernel, signature, constexprs, options) for every launch configuration.
+# 64x64 heatmaps, K = 256 (top-k) and a 32x32 heatmap with K = 1024 (the full-sort branch).
 AOT_KERNELS = [
-    (_ppn_decode_kernel, _signature("fp32"), {"BLOCK": 4096, "K_BLOCK": 256, "HAS_SIZES": True}, _OPTIONS),
-    (_ppn_decode_kernel, _signature("bf16"), {"BLOCK": 4096, "K_BLOCK": 256, "HAS_SIZES": False}, _OPTIONS),
-    (_ppn_decode_kernel, _signature("fp16"), {"BLOCK": 1024, "K_BLOCK": 1024, "HAS_SIZES": True}, _OPTIONS),
+    entry
+    for dtype, constexprs in (("fp32", {"BLOCK": 4096, "K_BLOCK": 256, "HAS_SIZES": True}),
+                              ("bf16", {"BLOCK": 4096, "K_BLOCK": 256, "HAS_SIZES": False}),
+                              ("fp16", {"BLOCK": 1024, "K_BLOCK": 1024, "HAS_SIZES": True}))
+    for entry in DECODE_CONFIGS.aot_entries(_ppn_decode_kernel, _signature(dtype), constexprs,
+                                            {"enable_fp_fusion": False})
 ]
