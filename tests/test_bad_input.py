@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -52,7 +52,6 @@ class Entry:
     call: Callable[..., Any]
     valid: Callable[[], Dict[str, Any]]
     bad: Tuple[Bad, ...]
-    known: Dict[str, str] = field(default_factory=dict)  # row label -> "<bug>: <file>" (strict xfail)
 
 
 def derived(fn):
@@ -205,7 +204,8 @@ def mask_nms_entries():
               tuple(replace(r, names=(r.names or (r.arg,)) + (r.arg.replace("packed", "masks"),)) for r in
                     tensor_rows("packed_a", op=True, dtype=torch.int64, rank=lambda t: t[0], shape=lambda t: t[..., :1])
                     + tensor_rows("packed_b", op=True, dtype=torch.bool, rank=lambda t: t[0], device_of="packed_a"))
-              + width_rows(op=True)),
+              + width_rows(op=True)
+              + (Bad("packed_b:height", "packed_b", derived(lambda kw: kw["packed_b"][:, :9]), V, ("masks_a", "masks_b")),)),
         Entry("mask_nms", lambda **kw: lk.ops.mask_nms(**kw),
               lambda: dict(masks=bool_masks(), scores=scores(), iou_threshold=0.5, idxs=torch.tensor([0, 0, 1, 1]),
                            boxes=boxes(), width=None),
@@ -309,13 +309,20 @@ def small_region_entries():
                          Bad("masks:float", "masks", derived(lambda kw: kw["masks"].float()), T),
                          Bad("masks:scalar", "masks", torch.tensor(True), V),
                          Bad("masks:int64", "masks", derived(lambda kw: kw["masks"].long()), T)))
-        entries.append(Entry(f"{prefix}connected_components", lambda ops=ops, **kw: ops.connected_components(**kw),
-                             lambda: dict(masks=bool_masks()), masks_rows))
+        for name in ("connected_components", "connected_component_areas"):
+            entries.append(Entry(f"{prefix}{name}", lambda ops=ops, name=name, **kw: getattr(ops, name)(**kw),
+                                 lambda: dict(masks=bool_masks()), masks_rows))
         mode = (Bad("holes:str", "holes", "yes", DISPATCHER),) if op else choice_rows("mode")
         entries.append(Entry(
             f"{prefix}remove_small_regions", lambda ops=ops, **kw: ops.remove_small_regions(**kw),
             lambda op=op: dict(masks=bool_masks(), area_thresh=5.0, **({"holes": True} if op else {"mode": "holes"})),
             masks_rows + real_rows("area_thresh", op=op, low=0.0) + mode))
+    logits = lambda: torch.randn(3, 10, 12, generator=torch.Generator().manual_seed(8))  # noqa: E731
+    entries.append(Entry(
+        "fill_small_regions", lambda **kw: lk.ops.fill_small_regions(**kw),
+        lambda: dict(logits=logits(), max_hole_area=4.0, max_sprinkle_area=4.0, threshold=0.0),
+        tensor_rows("logits", dtype=torch.int32, rank=lambda t: t[0, 0])
+        + real_rows("max_hole_area", low=0.0) + real_rows("max_sprinkle_area", low=0.0) + real_rows("threshold")))
     return entries
 
 
@@ -408,15 +415,27 @@ def dense_entries():
                   lambda: {**attention(), "scale": 0.25}, qkv_rows(op) + real_rows("scale", op=op, low=1e-30)
                   + (Bad("q:head dim", "q", torch.zeros(2, 7, 2, 24), V), Bad("k:no keys", "k", torch.zeros(2, 0, 2, 16), V,
                                                                                 ("k", "v")))),
-            Entry(f"{prefix}multi_head_attention_projected",
-                  lambda ops=ops, **kw: ops.multi_head_attention_projected(**kw),
+            Entry(f"{prefix}pool_mixer_block", lambda ops=ops, **kw: ops.pool_mixer_block(**kw),
+                  lambda: dict(x=nhwc(), scale=vec(), shift=vec(), w1=torch.randn(16, 8, generator=g()), b1=vec(16),
+                               w2=torch.randn(8, 16, generator=g()), b2=vec(), pool_sizes=[3, 5]),
+                  nhwc_rows("x", op) + vector_rows("scale", op) + vector_rows("shift", op)
+                  + tensor_rows("w1", op=op, dtype=torch.int32, rank=lambda t: t[0], shape=lambda t: t[:, :3],
+                                device_of="x")
+                  + tensor_rows("w2", op=op, shape=lambda t: t[:3], device_of="x") + vector_rows("b1", op, "w1")
+                  + vector_rows("b2", op)
+                  + (Bad("pool_sizes:even", "pool_sizes", [4], V), Bad("pool_sizes:empty", "pool_sizes", [], V),
+                     Bad("pool_sizes:floats", "pool_sizes", [3.0], sizes_type))),
+        ]
+        projected = ["multi_head_attention_projected"] + (["multi_head_attention_projected_inference"] if op else [])
+        entries += [
+            Entry(f"{prefix}{name}", lambda ops=ops, name=name, **kw: getattr(ops, name)(**kw),
                   lambda: {**attention(), "scale": 0.25, "wproj": torch.randn(12, 32, generator=g()), "bproj": vec(12),
                            "residual": torch.randn(2, 7, 12, generator=g())},
                   qkv_rows(op) + tensor_rows("wproj", op=op, dtype=torch.int32, rank=add_rank, shape=lambda t: t[:, :5],
                                              device_of="q")
                   + vector_rows("bproj", op, "wproj") + tensor_rows("residual", op=op, optional=True, shape=lambda t: t[:1],
-                                                                   dtype=torch.float64)),
-        ]
+                                                                   dtype=torch.float64))
+            for name in projected]
     entries.append(Entry(
         "pooled_kv_attention", lambda **kw: lk.ops.pooled_kv_attention(**kw),
         lambda: dict(x_norm=nhwc(32), wq=torch.randn(32, 32), bq=vec(32), wkv=torch.randn(64, 32), bkv=vec(64),
@@ -558,34 +577,54 @@ def tiny_litesam():
     return build_litesam("tiny").eval()
 
 
-def generator_entries(sam_model, litesam_model):
+IMAGES_ROWS = (Bad("images:array", "images", IMAGE, T, ("images",)), Bad("images:None", "images", None, T),
+               Bad("images:bad item", "images", [IMAGE, IMAGE[..., 0]], V, ("images[1]",)))
+SAM2_ROWS = generator_rows(sam=True) + (Bad("mask_threshold:nan", "mask_threshold", math.nan, V),
+                                        Bad("mask_threshold:str", "mask_threshold", "0", T))
+GENERATOR_ROWS = {
+    "FastSamAutomaticMaskGenerator": generator_rows(sam=True),
+    "FastSamAutomaticMaskGenerator.generate": image_rows("image", tensors_allowed=False),
+    "FastSamAutomaticMaskGenerator.generate_batch": IMAGES_ROWS,
+    "FastSAM2AutomaticMaskGenerator": SAM2_ROWS,
+    "FastSAM2AutomaticMaskGenerator.generate": image_rows("image", tensors_allowed=False),
+    "SegmentEverything": generator_rows(sam=False),
+    "segment_everything": image_rows("images", tensors_allowed=True)
+    + (Bad("images:float tensor", "images", torch.zeros(40, 56, 3), T),),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_sam2_model():
+    from tests._sam2_oracle import tiny_sam2
+
+    return tiny_sam2(image_size=256)
+
+
+def generator_entries(sam_model, litesam_model, sam2_model):
     from litesam_kernels.amg import FastSamAutomaticMaskGenerator
+    from litesam_kernels.sam2_amg import FastSAM2AutomaticMaskGenerator
     from litesam_kernels.segment_everything import SegmentEverything, segment_everything
 
     sam_kw = dict(points_per_side=4, points_per_batch=16, output_mode="binary_mask")
     lite_kw = dict(points_per_image=8, prompts_per_batch=8)
-    entries = [
-        Entry("FastSamAutomaticMaskGenerator", lambda **kw: FastSamAutomaticMaskGenerator(sam_model, **kw),
-              lambda: dict(sam_kw), generator_rows(sam=True)),
-        Entry("FastSamAutomaticMaskGenerator.generate",
-              lambda image: FastSamAutomaticMaskGenerator(sam_model, **sam_kw).generate(image),
-              lambda: dict(image=IMAGE), image_rows("image", tensors_allowed=False)),
-        Entry("FastSamAutomaticMaskGenerator.generate_batch",
-              lambda images: FastSamAutomaticMaskGenerator(sam_model, **sam_kw).generate_batch(images),
-              lambda: dict(images=[IMAGE]),
-              (Bad("images:array", "images", IMAGE, T, ("images",)), Bad("images:None", "images", None, T),
-               Bad("images:bad item", "images", [IMAGE, IMAGE[..., 0]], V, ("images[1]",)))),
-        Entry("SegmentEverything", lambda **kw: SegmentEverything(litesam_model, **kw), lambda: dict(lite_kw),
-              generator_rows(sam=False)),
-        Entry("segment_everything", lambda images: segment_everything(litesam_model, images, **lite_kw),
-              lambda: dict(images=[IMAGE]), image_rows("images", tensors_allowed=True)
-              + (Bad("images:float tensor", "images", torch.zeros(40, 56, 3), T),)),
-    ]
-    try:
-        from litesam_kernels.sam2_amg import FastSAM2AutomaticMaskGenerator  # noqa: F401
-    except ImportError:  # the SAM 2 drop-in is not on this branch yet
-        pass
-    return entries
+    calls = {
+        "FastSamAutomaticMaskGenerator": (lambda **kw: FastSamAutomaticMaskGenerator(sam_model, **kw),
+                                          lambda: dict(sam_kw)),
+        "FastSamAutomaticMaskGenerator.generate": (
+            lambda image: FastSamAutomaticMaskGenerator(sam_model, **sam_kw).generate(image), lambda: dict(image=IMAGE)),
+        "FastSamAutomaticMaskGenerator.generate_batch": (
+            lambda images: FastSamAutomaticMaskGenerator(sam_model, **sam_kw).generate_batch(images),
+            lambda: dict(images=[IMAGE])),
+        "FastSAM2AutomaticMaskGenerator": (lambda **kw: FastSAM2AutomaticMaskGenerator(sam2_model, **kw),
+                                           lambda: dict(sam_kw)),
+        "FastSAM2AutomaticMaskGenerator.generate": (
+            lambda image: FastSAM2AutomaticMaskGenerator(sam2_model, **sam_kw).generate(image),
+            lambda: dict(image=IMAGE)),
+        "SegmentEverything": (lambda **kw: SegmentEverything(litesam_model, **kw), lambda: dict(lite_kw)),
+        "segment_everything": (lambda images: segment_everything(litesam_model, images, **lite_kw),
+                               lambda: dict(images=[IMAGE])),
+    }
+    return [Entry(name, call, valid, GENERATOR_ROWS[name]) for name, (call, valid) in calls.items()]
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
@@ -627,16 +666,13 @@ def _params(entries):
     for entry in entries:
         params.append(pytest.param(entry, None, id=f"{entry.name}-valid"))
         for row in entry.bad:
-            marks = [pytest.mark.xfail(strict=True, reason=entry.known[row.label])] if row.label in entry.known else []
-            params.append(pytest.param(entry, row, marks=marks, id=f"{entry.name}-{row.label}"))
+            params.append(pytest.param(entry, row, id=f"{entry.name}-{row.label}"))
     return params
 
 
 def _op_entries():
-    from tests._known_bugs import apply_known
-
-    return apply_known(box_nms_entries() + mask_nms_entries() + postprocess_entries() + rle_entries()
-                       + small_region_entries() + ppn_entries() + dense_entries() + backward_op_entries())
+    return (box_nms_entries() + mask_nms_entries() + postprocess_entries() + rle_entries()
+            + small_region_entries() + ppn_entries() + dense_entries() + backward_op_entries())
 
 
 OP_ENTRIES = _op_entries()
@@ -665,28 +701,17 @@ def test_every_op_and_custom_op_has_an_entry_with_ten_rows():
 
 
 @pytest.fixture(scope="module")
-def generator_table(tiny_sam_model, tiny_litesam):
-    from tests._known_bugs import apply_known
-
-    return {e.name: e for e in apply_known(generator_entries(tiny_sam_model, tiny_litesam))}
+def generator_table(tiny_sam_model, tiny_litesam, tiny_sam2_model):
+    return {e.name: e for e in generator_entries(tiny_sam_model, tiny_litesam, tiny_sam2_model)}
 
 
 def _generator_params():
-    from tests._known_bugs import KNOWN
-
+    """The rows by label (the entries need the models, built once per module by the fixtures)."""
+    labels = {name: [r.label for r in rows] for name, rows in GENERATOR_ROWS.items()}
     params = []
-    for name in ("FastSamAutomaticMaskGenerator", "FastSamAutomaticMaskGenerator.generate",
-                 "FastSamAutomaticMaskGenerator.generate_batch", "SegmentEverything", "segment_everything"):
-        labels = {"FastSamAutomaticMaskGenerator": [r.label for r in generator_rows(sam=True)],
-                  "SegmentEverything": [r.label for r in generator_rows(sam=False)],
-                  "FastSamAutomaticMaskGenerator.generate": [r.label for r in image_rows("image", tensors_allowed=False)],
-                  "segment_everything": [r.label for r in image_rows("images", tensors_allowed=True)] + ["images:float tensor"],
-                  "FastSamAutomaticMaskGenerator.generate_batch": ["images:array", "images:None", "images:bad item"]}[name]
+    for name, row_labels in labels.items():
         params.append(pytest.param(name, None, id=f"{name}-valid"))
-        for label in labels:
-            reason = KNOWN.get(name, {}).get(label)
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            params.append(pytest.param(name, label, marks=marks, id=f"{name}-{label}"))
+        params += [pytest.param(name, label, id=f"{name}-{label}") for label in row_labels]
     return params
 
 

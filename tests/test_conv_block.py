@@ -174,3 +174,12 @@ def test_triton_on_gpu(dtype, k, shape):
     x, w, b = _inputs(shape, k, dtype)
     check_triton_on_gpu(lambda *t: dwconv_act(*t, "gelu", True), lambda *t: _dwconv_reference(*t, "gelu", True),
                         [x, w, b], dtype)
+
+
+def test_backward_op_checks_its_gradient():
+    """Regression (issue 14): the registered backward op is a torch.ops op too; a wrong gradient reached the kernel."""
+    x, w, b = torch.randn(2, 5, 6, 8), torch.randn(8, 3, 3), torch.ones(8)
+    with pytest.raises(ValueError, match=r"grad must have the shape of dwconv_act's output \(2, 5, 6, 8\)"):
+        torch.ops.litesam.dwconv_act_backward(torch.ones(2, 5, 6, 7), x, w, b, "gelu", False)
+    with pytest.raises(ValueError, match="activation"):
+        torch.ops.litesam.dwconv_act_backward(torch.ones(2, 5, 6, 8), x, w, b, "relu", False)

@@ -11,6 +11,7 @@ tests/test_cuda_launch_plans.py.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +20,7 @@ from triton.runtime.jit import KernelInterface
 
 import litesam_kernels as lk
 from litesam_kernels import _backend
+from litesam_kernels.ops.bitmask import pack_masks
 
 CUDA_MAX_GRID = (2**31 - 1, 65535, 65535)  # programs along grid axes 0, 1, 2 (CUDA and Triton alike)
 MAX_BLOCK_NUMEL = 2**20  # triton.language.TRITON_MAX_TENSOR_NUMEL
@@ -89,29 +91,27 @@ def images(batch, h=1, w=1, c=16, requires_grad=False):
     return torch.zeros(batch, h, w, c, requires_grad=requires_grad)
 
 
-NHWC_ROWS = "the channels-last grids put B * H on axis 1 (at most 65535 image rows per launch)"
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{NHWC_ROWS}: triton/pool_mixer.py (litevit-a's 1-D strip grids fix it)")
-@pytest.mark.parametrize("batch", [AXIS_1 + 1])
-def test_pool_mixer_rows_past_grid_axis_1(batch):
+@pytest.mark.parametrize("batch", [AXIS_1 + 1, 3 * AXIS_1 + 7])
+def test_channels_last_ops_take_rows_past_grid_axis_1(batch):
+    """pool_mixer, dwconv_act and the fused pool-mixer block launch 1-D grids: more than 65535 image rows
+    (B * H) are one launch each (they put B * H on grid axis 1 before litevit-a's 1-D grids)."""
     x = images(batch)
-    assert_launchable(lambda: lk.ops.pool_mixer(x, torch.ones(16), torch.zeros(16)))
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{NHWC_ROWS}: triton/conv_block.py (litevit-a's row-tile grids fix it)")
-def test_dwconv_rows_past_grid_axis_1():
-    x = images(AXIS_1 + 1)
-    assert_launchable(lambda: lk.ops.dwconv_act(x, torch.ones(16, 3, 3), torch.zeros(16)))
+    scale, shift = torch.ones(16), torch.zeros(16)
+    assert_launchable(lambda: lk.ops.pool_mixer(x, scale, shift))
+    assert_launchable(lambda: lk.ops.dwconv_act(x, torch.ones(16, 3, 3), shift))
+    assert_launchable(lambda: lk.ops.pool_mixer_block(x, scale, shift, torch.ones(32, 16), torch.zeros(32),
+                                                      torch.ones(16, 32), shift))
 
 
 @pytest.mark.parametrize("batch", [AXIS_1, AXIS_1 + 1, 3 * AXIS_1 + 7])
 def test_kv_pool2d_batches_past_grid_axis_1(batch):
-    """Forward: the batch is grid axis 1; backward: B * H is. Both run in batch slices (ops/attention.py)."""
+    """Forward and backward launch 1-D grids (the batch, and B * H, were grid axis 1 before attn2's)."""
     x = images(batch, h=2, w=2, c=16, requires_grad=True)
     assert_launchable(lambda: lk.ops.kv_pool2d(x, (2,)))
     grad = torch.zeros(batch, 1, 16)
     assert_launchable(lambda: torch.ops.litesam.kv_pool2d_backward(grad, x.detach(), [2]))
+    tall = images(1, h=AXIS_1 + 1, w=1, c=16)
+    assert_launchable(lambda: torch.ops.litesam.kv_pool2d_backward(torch.zeros(1, AXIS_1 + 1, 16), tall, [1]))
 
 
 def test_one_dimensional_grids_take_large_batches():
@@ -131,33 +131,70 @@ def test_one_dimensional_grids_take_large_batches():
 PPN_MAX_CELLS = 16384
 
 
-def assert_ppn_launchable(heat, k):
-    with recorded_launches() as launches, lk.use_backend("triton"):
-        try:
-            lk.ops.ppn_decode(heat, torch.zeros(heat.shape[0], 4, *heat.shape[2:]), k=k)
-        except ValueError:
-            assert not launches
-            return
-    assert all(launch.blocks["BLOCK"] <= PPN_MAX_CELLS for launch in launches), [l.blocks for l in launches]
+def ppn_launches(heat, k, backend=None):
+    """The Triton launches of ppn_decode on ``heat`` (recorded, not run), with ``backend`` forced or the default
+    choice of a device that has Triton."""
+    regression = torch.zeros(heat.shape[0], 4, *heat.shape[2:])
+    with recorded_launches() as launches, contextlib.ExitStack() as stack:
+        if backend is not None:
+            stack.enter_context(lk.use_backend(backend))
+        else:  # what a GPU's default choice does: Triton where it fits
+            stack.enter_context(pytest.MonkeyPatch.context()).setattr(_backend, "choose", lambda *a: "triton")
+        out = lk.ops.ppn_decode(heat, regression, k=k)
+    return launches, out
 
 
 def test_ppn_decode_at_the_shared_memory_limit():
-    assert_ppn_launchable(torch.zeros(1, 1, 128, 128), k=256)  # a 2048^2 input at stride 16
-    assert_ppn_launchable(torch.zeros(1, 1, 8, 8), k=PPN_MAX_CELLS)
+    from litesam_kernels.ops.ppn_decode import TRITON_MAX_CELLS
+
+    assert TRITON_MAX_CELLS == PPN_MAX_CELLS
+    for heat, k in ((torch.zeros(1, 1, 128, 128), 256), (torch.zeros(1, 1, 8, 8), PPN_MAX_CELLS)):
+        launches, _ = ppn_launches(heat, k, "triton")  # a 2048^2 input at stride 16; the largest k
+        assert [launch.blocks["BLOCK"] for launch in launches] == [PPN_MAX_CELLS]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a heatmap of more than 16384 cells (or k > 16384) needs more shared memory than a GPU "
-                          "block has (and k is an int32 kernel argument): ops/ppn_decode.py (run the reference, or "
-                          "raise, when next_power_of_2(max(H * W, k)) > 16384)")
 @pytest.mark.parametrize("side,k", [(129, 256), (8, PPN_MAX_CELLS + 1)])
 def test_ppn_decode_past_the_shared_memory_limit(side, k):
-    assert_ppn_launchable(torch.zeros(1, 1, side, 128), k=k)
+    """Regression (issue 14): past 16384 sorted keys the default choice runs the reference (same result, no
+    launch), a forced Triton backend is refused before launching."""
+    heat = torch.randn(1, 1, side, 128, generator=torch.Generator().manual_seed(0))
+    launches, out = ppn_launches(heat, k)
+    assert not launches
+    want = lk.ops.ppn_decode(heat, torch.zeros(1, 4, side, 128), k=k)
+    assert all(torch.equal(a, b) for a, b in zip(out, want))
+    with pytest.raises(_backend.BackendUnavailableError, match="sorts at most 16384 keys"):
+        ppn_launches(heat, k, "triton")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="grid axis 1 holds ceil(Na / 32) row tiles: more than 2,097,120 masks in "
-                                       "masks_a fail to launch: triton/mask_nms.py (maskops' compacted-pair passes "
-                                       "replace this grid)")
+def test_ppn_decode_k_limit():
+    from litesam_kernels.ops.ppn_decode import MAX_K
+
+    heat = torch.zeros(1, 1, 2, 2)
+    assert lk.ops.ppn_decode(heat, torch.zeros(1, 4, 2, 2), k=MAX_K).indices.shape == (1, MAX_K)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 65536\]"):
+        lk.ops.ppn_decode(heat, torch.zeros(1, 4, 2, 2), k=MAX_K + 1)
+
+
 def test_mask_iou_masks_past_grid_axis_1():
+    """Regression (issue 14): the pair grids hold ceil(Na / 32) tiles on axis 1: a longer masks_a runs in
+    slices (ops/mask_nms.py); the ranked passes of mask NMS reject that many masks before launching."""
+    from litesam_kernels.ops.mask_nms import TRITON_MAX_FIRST_STACK
+
+    assert TRITON_MAX_FIRST_STACK == 32 * AXIS_1
     masks = torch.ones(32 * AXIS_1 + 1, 1, 1, dtype=torch.bool)
     assert_launchable(lambda: lk.ops.mask_iou(masks, masks[:1]))
+    with recorded_launches() as launches, lk.use_backend("triton"):
+        with pytest.raises(ValueError, match="at most 2097120 masks"):
+            lk.ops.mask_nms(masks, torch.rand(masks.shape[0]), 0.5)
+    assert not [launch for launch in launches if "pair" in launch.kernel]
+
+
+def test_mask_iou_slices_give_the_unsliced_result(monkeypatch):
+    """The slicing is exact: with a limit of 3 masks, several slices give the reference's IoUs."""
+    mask_nms = importlib.import_module("litesam_kernels.ops.mask_nms")
+
+    masks = torch.rand(8, 20, 40, generator=torch.Generator().manual_seed(0)) > 0.4
+    want = mask_nms._mask_iou_reference(pack_masks(masks), pack_masks(masks[:5]), 40)
+    monkeypatch.setattr(mask_nms, "TRITON_MAX_FIRST_STACK", 3)
+    with lk.use_backend("triton"):
+        torch.testing.assert_close(lk.ops.mask_iou(masks, masks[:5]), want, rtol=0, atol=0)
