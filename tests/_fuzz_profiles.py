@@ -7,6 +7,8 @@ Profiles, chosen by ``HYPOTHESIS_PROFILE`` (default ``ci``):
   database (nothing written to the checkout). The whole fuzz set fits in about 3 minutes on 2 cores.
 - ``thorough``: random seeds, ``THOROUGH_FACTOR`` times the examples, failures saved to ``.hypothesis/``
   and replayed first on the next run. ``HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz_*.py``.
+- ``sanitizer``: as ``ci`` with a fifth of the examples (at least one): the ``gpu``-marked fuzz tests under
+  compute-sanitizer (benchmarks/gpu_check.sh), whose tools slow every launch 10-100x.
 
 Inputs are drawn as a few choices (shape, dtype, layout, value pattern, a seed) from which torch builds
 the tensors: hypothesis shrinks the choices, and a failure prints a short, reproducible recipe.
@@ -28,15 +30,23 @@ _COMMON = dict(deadline=None, print_blob=True,
                                       HealthCheck.filter_too_much])
 settings.register_profile("ci", derandomize=True, database=None, **_COMMON)
 settings.register_profile("thorough", **_COMMON)
+settings.register_profile("sanitizer", derandomize=True, database=None, **_COMMON)
+PROFILES = ("ci", "thorough", "sanitizer")
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-if PROFILE not in ("ci", "thorough"):
-    raise ValueError(f"HYPOTHESIS_PROFILE must be 'ci' or 'thorough', got {PROFILE!r}")
+if PROFILE not in PROFILES:
+    raise ValueError(f"HYPOTHESIS_PROFILE must be one of {PROFILES}, got {PROFILE!r}")
 settings.load_profile(PROFILE)
+SANITIZER_DIVISOR = 5
 
 
 def examples(ci: int) -> int:
-    """A test's example count: ``ci`` in the ci profile, ``THOROUGH_FACTOR`` times that in thorough."""
-    return ci if PROFILE == "ci" else ci * THOROUGH_FACTOR
+    """A test's example count: ``ci`` in the ci profile, ``THOROUGH_FACTOR`` times that in thorough, a
+    ``SANITIZER_DIVISOR``-th (at least 1) under the sanitizer."""
+    if PROFILE == "thorough":
+        return ci * THOROUGH_FACTOR
+    if PROFILE == "sanitizer":
+        return max(1, ci // SANITIZER_DIVISOR)
+    return ci
 
 
 def fuzz(check, *strategies, max_examples: int) -> None:
