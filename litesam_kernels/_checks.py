@@ -74,10 +74,15 @@ def check_real(name: str, value, *, low: Optional[float] = None, high: Optional[
 
 
 def check_int(name: str, value, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
-    """A Python/NumPy int (not a bool, not a float such as 40.0 or 40.5) within [low, high]; returned as int."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    """A Python/NumPy int (not a bool, not a float such as 40.0 or 40.5) within [low, high]; returned as int.
+    A ``torch.SymInt`` (an op's int argument while torch.compile traces with dynamic shapes) is range-checked
+    and returned as it is."""
+    if isinstance(value, torch.SymInt):
+        pass
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
+    else:
+        value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else str(low)
         hi = "inf" if high is None else str(high)
