@@ -1,10 +1,12 @@
 """Input validation shared by every op: clear ValueError/TypeError naming the argument."""
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 
@@ -69,3 +71,94 @@ def check_real(name: str, value, *, low: Optional[float] = None, high: Optional[
         hi = "inf" if high is None else f"{high:g}"
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
     return value
+
+
+def check_int(name: str, value, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """A Python/NumPy int (not a bool, not a float such as 40.0 or 40.5) within [low, high]; returned as int.
+    A ``torch.SymInt`` (an op's int argument while torch.compile traces with dynamic shapes) is range-checked
+    and returned as it is."""
+    if isinstance(value, torch.SymInt):
+        pass
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    else:
+        value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else str(low)
+        hi = "inf" if high is None else str(high)
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- op calls
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _accepts(kind: str, value) -> bool:
+    """Whether ``value`` has the Python type the dispatcher converts to schema type ``kind``."""
+    if kind.startswith("Optional["):
+        return value is None or _accepts(kind[len("Optional["):-1], value)
+    if kind == "Tensor":
+        return isinstance(value, torch.Tensor)
+    if kind in ("float", "int", "SymInt", "bool"):
+        if isinstance(value, torch.Tensor):  # the dispatcher unwraps one-element tensors (no autograd)
+            return value.numel() == 1 and not value.requires_grad
+        if kind == "float":
+            return isinstance(value, numbers.Real)
+        if kind == "bool":
+            return isinstance(value, (bool, numbers.Integral, np.bool_))
+        return isinstance(value, numbers.Integral)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("List["):
+        element = kind[len("List["):-1]
+        return isinstance(value, (list, tuple, torch.Size)) and all(_accepts(element, v) for v in value)
+    return True  # a schema type the ops do not use: the dispatcher decides
+
+
+def _describe(kind: str) -> str:
+    optional = kind.startswith("Optional[")
+    inner = kind[len("Optional["):-1] if optional else kind
+    words = {"Tensor": "a torch.Tensor", "float": "a real number", "int": "an int", "SymInt": "an int",
+             "bool": "a bool", "str": "a str", "List[int]": "a list of ints"}.get(inner, inner)
+    return f"{words} or None" if optional else words
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_arguments(op) -> Tuple[Tuple[str, str], ...]:
+    return tuple((a.name, str(a.type)) for a in op.default._schema.arguments)
+
+
+def check_op_arguments(op, *args) -> None:
+    """TypeError naming the argument where a positional argument of ``torch.ops.litesam.<op>`` has a Python
+    type its schema does not take (a numpy array or a list for a Tensor, a float for an int, ...), and
+    ValueError for an int outside int64: the dispatcher would raise a RuntimeError for both. The op's own
+    checks (shapes, dtypes, ranges) run inside it."""
+    for (name, kind), value in zip(_schema_arguments(op), args):
+        if not _accepts(kind, value):
+            raise TypeError(f"{name} must be {_describe(kind)}, got {type(value).__name__}")
+        if kind.removeprefix("Optional[").startswith(("int", "SymInt")) and isinstance(value, numbers.Integral):
+            if not _INT64_RANGE[0] <= int(value) <= _INT64_RANGE[1]:
+                raise ValueError(f"{name} must fit in int64, got {value}")
+
+
+def call_op(op, *args):
+    """``op(*args)`` (an ``OpOverloadPacket`` such as ``torch.ops.litesam.nms``) after
+    :func:`check_op_arguments`: what every public wrapper that passes its arguments straight to its op uses,
+    so that bad Python types raise TypeError naming the argument instead of the dispatcher's RuntimeError.
+    Skipped while torch.compile traces (the schema is not traceable; tracing checks the types itself)."""
+    if not torch.compiler.is_compiling():
+        check_op_arguments(op, *args)
+    return op(*args)
+
+
+def check_gradient(grad, output: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+    """The incoming gradient of a backward op: a tensor with the shape, dtype and device of the forward
+    ``output`` (a backward op is a ``torch.ops.litesam`` op too: a wrong gradient must not reach a kernel)."""
+    check_tensor("grad", grad, expected=f"(the gradient of {output})")
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"grad must have the shape of {output} {tuple(shape)}, got {_shape(grad)}")
+    if grad.dtype != dtype:
+        raise TypeError(f"grad must have the dtype of {output} ({dtype}), got {grad.dtype}")
+    if grad.device != torch.device(device):
+        raise ValueError(f"grad must be on the device of {output} ({device}), got {grad.device}")

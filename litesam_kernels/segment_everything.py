@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from litesam_kernels._backend import BACKENDS, use_backend
-from litesam_kernels._checks import check_real
 from litesam_kernels.engine.adapters import LiteSamAdapter
+from litesam_kernels.engine.frontend import check_generator_arguments, check_positive_ints
 from litesam_kernels.engine.geometry import resized_shape
 from litesam_kernels.engine.pipeline import NMS_MODES, Engine, EngineOptions
 from litesam_kernels.engine.prompts import PROMPT_MODES, AutoPPNPrompts
@@ -148,10 +148,14 @@ class SegmentEverything:
             raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-        for name, value in (("points_per_image", points_per_image), ("batch_size", batch_size),
-                            ("prompts_per_batch", prompts_per_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(points_per_image=points_per_image, batch_size=batch_size,
+                            prompts_per_batch=prompts_per_batch)
+        check_generator_arguments(
+            ppn_score_threshold=ppn_score_threshold, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh, mask_nms_thresh=mask_nms_thresh, crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
+            min_mask_region_area=min_mask_region_area)
         self.model = model
         self.points_per_image = points_per_image
         self.ppn_score_threshold = ppn_score_threshold
@@ -163,9 +167,9 @@ class SegmentEverything:
             pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
             stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers,
             crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
-            min_mask_region_area=check_real("min_mask_region_area", min_mask_region_area, low=0.0),
+            min_mask_region_area=float(min_mask_region_area),
             small_regions="sam1", multimask_output=self.multimask_output, nms=nms,
-            mask_nms_thresh=check_real("mask_nms_thresh", mask_nms_thresh, low=0.0, high=1.0),
+            mask_nms_thresh=mask_nms_thresh,
             output_mode=output_mode, prompts_per_decoder_call=prompts_per_batch, crops_per_encoder_call=batch_size,
             field_types="plain",
         )

@@ -217,3 +217,18 @@ class TestOnCuda:
         got = FastSamAutomaticMaskGenerator(model, **kwargs, fused_postprocess=fused).generate(image)
         assert_same_records(expected, got, score_tol=1e-5)
         assert len(got) >= 8
+
+
+def test_constructor_rejects_bad_numbers(sam):
+    """Regression (issue 14): NaN and out-of-range thresholds were accepted (NaN compares False with every
+    score: silently everything or nothing kept) and a zero points_per_side divided by zero."""
+    for kwargs, error, message in ((dict(pred_iou_thresh=math.nan), ValueError, "pred_iou_thresh"),
+                                   (dict(box_nms_thresh=1.5), ValueError, r"box_nms_thresh must be in \[0, 1\]"),
+                                   (dict(points_per_side=0), ValueError, "points_per_side"),
+                                   (dict(points_per_side=4.5), TypeError, "points_per_side must be an int"),
+                                   (dict(crop_n_layers=-1), ValueError, "crop_n_layers"),
+                                   (dict(stability_score_offset="1"), TypeError, "stability_score_offset")):
+        with pytest.raises(error, match=message):
+            FastSamAutomaticMaskGenerator(sam, **kwargs)
+    FastSamAutomaticMaskGenerator(sam, pred_iou_thresh=-math.inf, points_per_side=None,
+                                  point_grids=[np.zeros((1, 2))])  # SAM takes these

@@ -289,6 +289,20 @@ class TestKVPool2d:
         with pytest.raises(ValueError, match="H >= 1"):
             kv_pool2d(torch.randn(1, 0, 4, 2), (2,))
 
+    def test_backward_op_checks_its_gradient(self):
+        """Regression (issue 14): kv_pool2d_backward and multi_head_attention_backward check their inputs."""
+        x = torch.randn(2, 5, 6, 8)
+        with pytest.raises(ValueError, match=r"grad must have the shape of kv_pool2d's output \(2, 13, 8\)"):
+            torch.ops.litesam.kv_pool2d_backward(torch.ones(2, 12, 8), x, [2, 4])
+        with pytest.raises(ValueError, match="pool_sizes"):
+            torch.ops.litesam.kv_pool2d_backward(torch.ones(2, 13, 8), x, [0])
+        q = torch.randn(2, 7, 2, 16)
+        out, lse = torch.ops.litesam.multi_head_attention(q, q, q, 0.25)
+        with pytest.raises(TypeError, match="grad must have the dtype"):
+            torch.ops.litesam.multi_head_attention_backward(q.double(), q, q, q, out, lse, 0.25)
+        with pytest.raises(ValueError, match="lse must have shape"):
+            torch.ops.litesam.multi_head_attention_backward(q, q, q, q, out, lse[:, :1], 0.25)
+
     @pytest.mark.parametrize("backend", runnable_backends(POOL))
     def test_opcheck(self, backend):
         x = torch.randn(1, 5, 6, 3, requires_grad=True)
@@ -318,6 +332,26 @@ def _block_inputs(module, dtype):
 
 
 class TestPooledKVAttention:
+    def test_errors(self):
+        """Regression (issue 14): the weights, heads and pool sizes are checked, naming the argument."""
+        module = PooledKVAttention(32, 2, (2, 4))
+        _, t, params = _block_inputs(module, torch.float32)
+        wq, bq, wkv, bkv, wproj, bproj = params
+        with pytest.raises(TypeError, match="wq must be a torch.Tensor"):
+            pooled_kv_attention(t, wq.detach().numpy(), bq, wkv, bkv, wproj, bproj, 2)
+        with pytest.raises(ValueError, match="wkv must have shape"):
+            pooled_kv_attention(t, wq, bq, wkv[:5], bkv, wproj, bproj, 2)
+        with pytest.raises(ValueError, match="bkv must have 64 entries"):
+            pooled_kv_attention(t, wq, bq, wkv, bkv[:-1], wproj, bproj, 2)
+        with pytest.raises(TypeError, match="num_heads must be an int"):
+            pooled_kv_attention(t, *params, 2.0)
+        with pytest.raises(ValueError, match="num_heads must divide"):
+            pooled_kv_attention(t, *params, 3)
+        with pytest.raises(ValueError, match="kv_pool_sizes"):
+            pooled_kv_attention(t, *params, 2, (0,))
+        with pytest.raises(ValueError, match="residual"):
+            pooled_kv_attention(t, *params, 2, residual=t[..., :5])
+
     @pytest.mark.parametrize("backend", BLOCK_BACKENDS)
     def test_matches_model_module(self, backend):
         module = PooledKVAttention(32, 2, (2, 4))

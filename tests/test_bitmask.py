@@ -54,3 +54,12 @@ class TestBitmask:
             pack_masks(torch.zeros(2, 3, 4))
         with pytest.raises(ValueError, match="packed"):
             unpack_masks(torch.zeros(2, 3, 2, dtype=torch.int32), 70)
+
+
+def test_unpack_width_must_be_an_int():
+    """Regression (issue 14): width went through a real-number check, so 40.5 was silently truncated to 40."""
+    packed = pack_masks(torch.ones(1, 2, 40, dtype=torch.bool))
+    for width in (40.5, 40.0, True):
+        with pytest.raises(TypeError, match="width must be an int"):
+            unpack_masks(packed, width)
+    assert unpack_masks(packed, 40).all()

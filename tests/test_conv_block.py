@@ -196,6 +196,15 @@ def test_triton_on_gpu(dtype, k, shape):
                         [x, w, b], dtype)
 
 
+def test_backward_op_checks_its_gradient():
+    """Regression (issue 14): the registered backward op is a torch.ops op too; a wrong gradient reached the kernel."""
+    x, w, b = torch.randn(2, 5, 6, 8), torch.randn(8, 3, 3), torch.ones(8)
+    with pytest.raises(ValueError, match=r"grad must have the shape of dwconv_act's output \(2, 5, 6, 8\)"):
+        torch.ops.litesam.dwconv_act_backward(torch.ones(2, 5, 6, 7), x, w, b, "gelu", False)
+    with pytest.raises(ValueError, match="activation"):
+        torch.ops.litesam.dwconv_act_backward(torch.ones(2, 5, 6, 8), x, w, b, "relu", False)
+
+
 _TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 

@@ -241,6 +241,18 @@ class TestConvMLP:
         with pytest.raises(ValueError, match="norm_eps"):
             torch.ops.litesam.conv_mlp(x, w1, b1, w2, b2, None, nw, nb, -1.0)
 
+    def test_backward_op_checks_its_gradient(self):
+        """Regression (issue 14): the backward op is a torch.ops entry too; a wrong gradient never reaches
+        a kernel."""
+        x, w1, b1, w2, b2, _, nw, nb = _inputs((1, 4, 5), 6, 12, torch.float32, norm=True)
+        backward = torch.ops.litesam.conv_mlp_backward
+        with pytest.raises(ValueError, match="grad must have the shape"):
+            backward(torch.ones(1, 4, 5, 5), x, w1, b1, w2, b2, nw, nb, 1e-6)
+        with pytest.raises(TypeError, match="grad must have the dtype"):
+            backward(torch.ones(1, 4, 5, 6, dtype=torch.float64), x, w1, b1, w2, b2, nw, nb, 1e-6)
+        with pytest.raises(ValueError, match="w2"):
+            backward(torch.ones(1, 4, 5, 6), x, w1, b1, w2[:, :3], b2, None, None, 1e-6)
+
     @pytest.mark.parametrize("backend", runnable_backends(OP))
     def test_opcheck(self, backend):
         x, w1, b1, w2, b2, res, nw, nb = _inputs((2, 3), 5, 7, torch.float32, requires_grad=True, norm=True)

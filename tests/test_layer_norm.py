@@ -145,3 +145,14 @@ def test_triton_on_gpu(dtype, c):
 
     x, w, b = _inputs((2, 64, 64, c), dtype)
     check_triton_on_gpu(lambda *t: layer_norm2d(*t), lambda *t: _layer_norm_reference(*t, 1e-6), [x, w, b], dtype)
+
+
+def test_backward_op_checks_its_gradient():
+    """Regression (issue 14): the registered backward op is a torch.ops op too; a wrong gradient reached the kernel."""
+    x, w = torch.randn(2, 5, 6, 8), torch.ones(8)
+    with pytest.raises(ValueError, match=r"grad must have the shape of layer_norm2d's output \(2, 5, 6, 8\)"):
+        torch.ops.litesam.layer_norm2d_backward(torch.ones(2, 5, 6, 7), x, w, w, 1e-6)
+    with pytest.raises(TypeError, match="grad must have the dtype"):
+        torch.ops.litesam.layer_norm2d_backward(torch.ones(2, 5, 6, 8, dtype=torch.float64), x, w, w, 1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        torch.ops.litesam.layer_norm2d_backward(torch.ones(2, 5, 6, 8), x, torch.ones(7), w, 1e-6)

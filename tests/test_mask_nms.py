@@ -523,3 +523,19 @@ def _backend_reason(backend, op):
     from litesam_kernels import _backend
 
     return _backend.why_not(backend, op, torch.device("cuda"))
+
+
+def test_mask_iou_op_checks_both_stacks_itself():
+    """Regression (issue 14): ``torch.ops.litesam.mask_iou`` checked only ``width``; its kernels build both
+    stacks' windows from ``packed_a``'s height (wrong IoUs, an out-of-bounds read on a GPU) and a stack on
+    another device could reach them. The wrappers' non-tensor arguments raise TypeError (call_op)."""
+    a = pack_masks(torch.ones(2, 10, 40, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"masks_a and masks_b must have the same \(H, W\)"):
+        torch.ops.litesam.mask_iou(a, pack_masks(torch.ones(3, 9, 40, dtype=torch.bool)), 40)
+    with pytest.raises(ValueError, match="masks_b must be on the device of masks_a"):
+        torch.ops.litesam.mask_iou(a, a.to("meta"), 40)
+    masks, scores = torch.ones(2, 10, 40, dtype=torch.bool), torch.rand(2)
+    with pytest.raises(TypeError, match="scores must be a torch.Tensor"):
+        lk.ops.mask_nms(masks, scores.numpy(), 0.5)
+    with pytest.raises(TypeError, match="kernel must be a str"):
+        lk.ops.matrix_nms(masks, scores, kernel=1)

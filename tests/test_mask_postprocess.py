@@ -404,3 +404,24 @@ class TestPostprocessMasksGpu:
             assert torch.equal(lk.ops.masks_to_boxes(pack_masks(masks), width=257), amg.batched_mask_to_box(masks))
             torch.testing.assert_close(lk.ops.stability_score(logits, 0.0, 1.0),
                                        amg.calculate_stability_score(logits, 0.0, 1.0), rtol=0, atol=0, equal_nan=True)
+
+
+def test_the_ops_check_their_sizes_and_thresholds():
+    """Regression (issue 14): the op bodies did not check what their wrappers did: three-entry sizes were cut
+    to two, zero sizes reached the kernels, NaN thresholds gave silent all-NaN answers; image_size had no
+    upper limit (2**40 reached a 4 TB allocation)."""
+    logits = torch.zeros(1, 4, 4)
+    ok = dict(input_size=[4, 4], original_size=[5, 5], mask_threshold=0.0, stability_offset=1.0, packed=False,
+              image_size=8)
+    for name, value, message in (("input_size", [4, 4, 4], "input_size must be a \\(height, width\\) pair"),
+                                 ("original_size", [0, 5], r"original_size\[0\] must be in \[1, 32768\]"),
+                                 ("mask_threshold", float("nan"), "mask_threshold must be in"),
+                                 ("image_size", 2**40, r"image_size must be in \[1, 32768\]")):
+        with pytest.raises(ValueError, match=message):
+            torch.ops.litesam.postprocess_masks(logits, **{**ok, name: value})
+    with pytest.raises(ValueError, match="offset must be in"):
+        torch.ops.litesam.stability_score(logits, 0.0, float("nan"))
+    with pytest.raises(ValueError, match=r"image_size must be in \[1, 32768\]"):
+        lk.ops.postprocess_masks(logits, (4, 4), (5, 5), image_size=mp.MAX_SIDE + 1)
+    with pytest.raises(TypeError, match="mask_logits must be a torch.Tensor"):
+        lk.ops.stability_score(logits.numpy(), 0.0, 1.0)

@@ -55,6 +55,20 @@ class TestNMS:
         assert torch.equal(run_nms("triton", boxes, scores, 0.4), torchvision.ops.nms(boxes, scores, 0.4))
 
     @pytest.mark.parametrize("backend", BACKENDS)
+    def test_heavy_ties_match_torchvision_cpu(self, backend):
+        """torchvision 0.26's CPU NMS sorts stably (ties by increasing index), as ours: equal keep lists on
+        boxes of 3 distinct scores on a 20 x 20 grid of cells (most boxes overlap several others)."""
+        g = torch.Generator().manual_seed(0)
+        for n in (7, 200, 600):
+            xy = torch.randint(0, 20, (n, 2), generator=g).float()
+            boxes = torch.cat([xy, xy + torch.randint(1, 6, (n, 2), generator=g)], 1)
+            scores = torch.randint(0, 3, (n,), generator=g).float()
+            idxs = torch.randint(0, 3, (n,), generator=g)
+            assert torch.equal(run_nms(backend, boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+            assert torch.equal(run_batched(backend, boxes, scores, idxs, 0.5),
+                               torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
+
+    @pytest.mark.parametrize("backend", BACKENDS)
     def test_ties_keep_lower_index(self, backend):
         # Five copies of one box with one score: the first copy wins, whatever the sort.
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(5, 1)

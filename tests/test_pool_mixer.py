@@ -200,3 +200,12 @@ def test_triton_on_gpu(dtype):
     x, scale, shift = _inputs((2, 128, 128, 64), dtype)
     check_triton_on_gpu(lambda *t: pool_mixer(*t), lambda *t: _pool_mixer_reference(*t, (3, 5, 7)),
                         [x, scale, shift], dtype)
+
+
+def test_backward_op_checks_its_gradient():
+    """Regression (issue 14): the registered backward op is a torch.ops op too; a wrong gradient reached the kernel."""
+    x, s = torch.randn(2, 5, 6, 8), torch.ones(8)
+    with pytest.raises(ValueError, match=r"grad must have the shape of pool_mixer's output \(2, 5, 6, 8\)"):
+        torch.ops.litesam.pool_mixer_backward(torch.ones(2, 5, 6, 7), x, s, s, [3])
+    with pytest.raises(ValueError, match="pool_sizes"):
+        torch.ops.litesam.pool_mixer_backward(torch.ones(2, 5, 6, 8), x, s, s, [4])

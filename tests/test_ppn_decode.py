@@ -192,3 +192,15 @@ class TestPPNDecodeGPU:
         compiled = torch.compile(lambda h, d: ppn_decode(h, d, k=64), fullgraph=True)
         got, expected = compiled(heat, dist), run("reference", heat, dist, k=64)
         assert torch.equal(got.indices, expected.indices)
+
+
+def test_bad_types_and_huge_k_are_rejected_before_the_op():
+    """Regression (issue 14): a numpy heatmap got the dispatcher's RuntimeError; k had no upper limit (2**40
+    reached a 17 TB allocation; the Triton kernel takes k as int32)."""
+    heat, regression = torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, 4)
+    with pytest.raises(TypeError, match="heatmap_logits must be a torch.Tensor"):
+        lk.ops.ppn_decode(heat.numpy(), regression)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 65536\]"):
+        lk.ops.ppn_decode(heat, regression, k=2**40)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 65536\]"):
+        torch.ops.litesam.ppn_decode(heat, regression, None, 2**40, 0.1, 16.0)

@@ -137,3 +137,20 @@ class TestMaskToRleGpu:
         with lk.use_backend(backend):
             assert lk.ops.mask_to_rle(masks) == expected
             assert lk.ops.mask_to_rle(pack_masks(masks), width=301) == expected
+
+
+def test_rle_dicts_are_validated():
+    """Regression (issue 14): a bad RLE dict raised KeyError / numpy errors naming nothing, and counts that do
+    not cover h * w were encoded silently into a wrong COCO RLE."""
+    with pytest.raises(TypeError, match="rle must be an uncompressed rle dict"):
+        lk.ops.rle_to_mask([1, 2, 3])
+    with pytest.raises(ValueError, match="no 'counts'"):
+        lk.ops.area_from_rle({"size": [2, 3]})
+    with pytest.raises(ValueError, match=r"rle\['size'\] must be \[h, w\]"):
+        lk.ops.rle_to_mask({"size": [2, 3, 1], "counts": [6]})
+    with pytest.raises(ValueError, match=r"uncompressed_rle\['counts'\] must be non-negative and sum to h \* w = 6"):
+        lk.ops.coco_encode_rle({"size": [2, 3], "counts": [1, 2]})
+    with pytest.raises(TypeError, match="compressed COCO string"):
+        lk.ops.rle_to_mask({"size": [2, 3], "counts": "06"})
+    assert lk.ops.area_from_rle({"size": [2, 3], "counts": [1, 2, 3]}) == 2
+    assert lk.ops.rle_to_mask({"size": [0, 3], "counts": [0]}).shape == (0, 3)

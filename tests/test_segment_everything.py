@@ -525,3 +525,15 @@ class TestCompiledStages:
                     assert m1.shape == m2.shape == (count, 3, 32, 32)
                     torch.testing.assert_close(m2, m1, atol=2e-5, rtol=1e-5)
                     torch.testing.assert_close(q2, q1, atol=2e-6, rtol=1e-5)
+
+
+def test_constructor_rejects_bad_thresholds(tiny_model):
+    """Regression (issue 14): SegEvery's thresholds were not checked (NaN and out-of-range values accepted)."""
+    for kwargs, message in ((dict(pred_iou_thresh=float("nan")), "pred_iou_thresh"),
+                            (dict(ppn_score_threshold=1.5), r"ppn_score_threshold must be in \[0, 1\]"),
+                            (dict(box_nms_thresh=-0.1), "box_nms_thresh"),
+                            (dict(crop_overlap_ratio=2.0), "crop_overlap_ratio")):
+        with pytest.raises(ValueError, match=message):
+            SegmentEverything(tiny_model, **kwargs)
+    with pytest.raises(TypeError, match="stability_score_thresh must be a real number"):
+        SegmentEverything(tiny_model, stability_score_thresh="0.9")

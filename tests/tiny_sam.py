@@ -14,14 +14,14 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 H, W = 96, 128
 
 
-def tiny_sam(seed=0, img_size=128, dim=32):
+def tiny_sam(seed=0, img_size=128, dim=32, global_attn_indexes=(1,)):
     torch.manual_seed(seed)
     emb = img_size // 16
     sam = Sam(
         image_encoder=ImageEncoderViT(
             img_size=img_size, patch_size=16, embed_dim=48, depth=2, num_heads=2, mlp_ratio=2.0, out_chans=dim,
             qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            global_attn_indexes=(1,), window_size=4,
+            global_attn_indexes=global_attn_indexes, window_size=4,
         ),
         prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(emb, emb),
                                      input_image_size=(img_size, img_size), mask_in_chans=8),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from litesam_kernels import _backend
+from litesam_kernels._checks import check_int, check_real
 from litesam_kernels.engine.geometry import build_all_layer_point_grids
 from litesam_kernels.engine.pipeline import Engine, EngineOptions
 from litesam_kernels.engine.prompts import PointGridPrompts
@@ -33,6 +34,32 @@ def check_positive_ints(**values) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# The generators' number arguments (SAM's names; SegEvery's too): (low, high) for reals (None: unbounded; NaN is
+# always rejected: it compares False with every score, so a NaN threshold silently keeps or drops everything),
+# the minimum for ints. Thresholds that SAM compares scores with may be any real (-inf keeps everything).
+REAL_ARGUMENTS = {
+    "pred_iou_thresh": (None, None), "stability_score_thresh": (None, None), "stability_score_offset": (None, None),
+    "mask_threshold": (None, None), "box_nms_thresh": (0.0, 1.0), "crop_nms_thresh": (0.0, 1.0),
+    "mask_nms_thresh": (0.0, 1.0), "crop_overlap_ratio": (0.0, 1.0), "min_mask_region_area": (0.0, None),
+    "ppn_score_threshold": (0.0, 1.0),
+}
+INT_ARGUMENTS = {"points_per_side": 1, "crop_n_layers": 0, "crop_n_points_downscale_factor": 1}
+
+
+def check_generator_arguments(**values) -> None:
+    """TypeError / ValueError naming the argument for a generator's number argument of the wrong type or out
+    of range (see ``REAL_ARGUMENTS`` and ``INT_ARGUMENTS``); None passes for ``points_per_side`` (point
+    grids given) and ``mask_threshold`` (the model's). Names without a range are not checked here."""
+    for name, value in values.items():
+        if value is None and name in ("points_per_side", "mask_threshold"):
+            continue
+        if name in REAL_ARGUMENTS:
+            low, high = REAL_ARGUMENTS[name]
+            check_real(name, value, low=low, high=high)
+        elif name in INT_ARGUMENTS:
+            check_int(name, value, low=INT_ARGUMENTS[name])
 
 
 def layer_point_grids(points_per_side: Optional[int], point_grids: Optional[List[np.ndarray]], crop_n_layers: int,
@@ -71,6 +98,8 @@ class PointGridGenerator:
                output_mode, points_per_batch, batches_per_decoder_call, masks_per_chunk, images_per_encoder_call,
                fused_postprocess, **attributes) -> None:
         check_output_mode(output_mode)
+        check_generator_arguments(points_per_side=points_per_side, crop_n_layers=crop_n_layers,
+                                  crop_n_points_downscale_factor=crop_n_points_downscale_factor, **attributes)
         check_positive_ints(points_per_batch=points_per_batch, batches_per_decoder_call=batches_per_decoder_call,
                             masks_per_chunk=masks_per_chunk, images_per_encoder_call=images_per_encoder_call)
         self.point_grids = layer_point_grids(points_per_side, point_grids, crop_n_layers,
@@ -128,5 +157,5 @@ class PointGridGenerator:
         return Engine(self.adapter, PointGridPrompts(self.point_grids), self._options()).run(images)
 
 
-__all__ = ["PointGridGenerator", "check_image", "check_positive_ints", "fused_postprocess_default",
+__all__ = ["PointGridGenerator", "check_generator_arguments", "check_image", "check_positive_ints", "fused_postprocess_default",
            "layer_point_grids"]

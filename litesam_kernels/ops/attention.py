@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_real, check_same_device, check_tensor
+from litesam_kernels._checks import check_gradient, check_real, check_same_device, check_tensor
 from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import DTYPES, acc_dtype, check_like, check_nhwc, check_vector
 
@@ -122,10 +122,7 @@ def pooled_kv_attention(x_norm: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor
     attention + output projection + bias + residual another (C <= 256 and head dim <= 64; otherwise
     attention, then a GEMM). An empty batch gives an empty output.
     """
-    check_nhwc("x_norm", x_norm)
-    c = x_norm.shape[3]
-    if num_heads < 1 or c % num_heads:
-        raise ValueError(f"num_heads must divide the {c} channels of x_norm, got {num_heads}")
+    _check_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, kv_pool_sizes, residual)
     wq, bq, wkv, bkv, wproj, bproj = (t.to(x_norm.dtype) for t in (wq, bq, wkv, bkv, wproj, bproj))
 
     def attention_projected(q, k, v, scale, res):
@@ -171,6 +168,29 @@ def _scale(q, scale) -> float:
             check_tensor("q", q, dim=4, expected="(B, Lq, heads, D)")
         return 1.0 / math.sqrt(q.shape[-1])
     return check_real("scale", scale, low=1e-30)
+
+
+def _check_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_heads, kv_pool_sizes, residual) -> None:
+    check_nhwc("x_norm", x_norm)
+    c = x_norm.shape[3]
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int):
+        raise TypeError(f"num_heads must be an int, got {type(num_heads).__name__}")
+    if num_heads < 1 or c % num_heads:
+        raise ValueError(f"num_heads must divide the {c} channels of x_norm, got {num_heads}")
+    for name, weight, rows in (("wq", wq, c), ("wkv", wkv, 2 * c), ("wproj", wproj, c)):
+        check_tensor(name, weight, dim=2, floating=True, expected=f"({rows}, {c})")
+        if tuple(weight.shape) != (rows, c):
+            raise ValueError(f"{name} must have shape ({rows}, {c}) for the {c} channels of x_norm, "
+                             f"got {tuple(weight.shape)}")
+        check_same_device("x_norm", x_norm, **{name: weight})
+    for name, bias, rows in (("bq", bq, c), ("bkv", bkv, 2 * c), ("bproj", bproj, c)):
+        check_vector(name, bias, rows, "x_norm" if rows == c else "wkv", x_norm)
+    try:
+        _check_pool_sizes(kv_pool_sizes)
+    except ValueError as exc:
+        raise ValueError(f"kv_pool_sizes: {exc}") from None
+    if residual is not None:
+        check_like("residual", residual, "x_norm", x_norm)
 
 
 def _check_attention(q, k, v, scale) -> None:
@@ -303,9 +323,21 @@ def _attention_fake(q, k, v, scale):
             q.new_empty((b, nh, lq), dtype=acc_dtype(q.dtype))]
 
 
+def _check_attention_backward(grad, q, k, v, out, lse, scale) -> None:
+    _check_attention(q, k, v, scale)
+    check_gradient(grad, "the attention output", q.shape, q.dtype, q.device)
+    check_like("out", out, "q", q)
+    b, lq, nh, _ = q.shape
+    check_tensor("lse", lse, dim=3, floating=True, expected="(B, heads, Lq) logsumexp")
+    if tuple(lse.shape) != (b, nh, lq):
+        raise ValueError(f"lse must have shape {(b, nh, lq)} (the forward's logsumexp), got {tuple(lse.shape)}")
+    check_same_device("q", q, lse=lse)
+
+
 @torch.library.custom_op("litesam::multi_head_attention_backward", mutates_args=())
 def _attention_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                            lse: torch.Tensor, scale: float) -> List[torch.Tensor]:
+    _check_attention_backward(grad, q, k, v, out, lse, scale)
     with autocast_off(q.device):
         if _use_triton(q):
             from litesam_kernels.triton.attention import attention_backward
@@ -317,6 +349,7 @@ def _attention_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 
 @_attention_backward_op.register_fake
 def _attention_backward_fake(grad, q, k, v, out, lse, scale):
+    _check_attention_backward(grad, q, k, v, out, lse, scale)
     return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
 
 
@@ -434,8 +467,16 @@ def _kv_pool_fake(x, pool_sizes):
     return x.new_empty((b, _pooled_length(h, w, pool_sizes), c))
 
 
+def _check_kv_pool_backward(grad, x, pool_sizes) -> None:
+    _check_pool_input(x)
+    _check_pool_sizes(pool_sizes)
+    b, h, w, c = x.shape
+    check_gradient(grad, "kv_pool2d's output", (b, _pooled_length(h, w, pool_sizes), c), x.dtype, x.device)
+
+
 @torch.library.custom_op("litesam::kv_pool2d_backward", mutates_args=())
 def _kv_pool_backward_op(grad: torch.Tensor, x: torch.Tensor, pool_sizes: List[int]) -> torch.Tensor:
+    _check_kv_pool_backward(grad, x, pool_sizes)
     with autocast_off(x.device):
         if x.numel() and _backend.choose(_KV_POOL, x.device) == "triton":
             from litesam_kernels.triton.attention import kv_pool_backward
@@ -446,6 +487,7 @@ def _kv_pool_backward_op(grad: torch.Tensor, x: torch.Tensor, pool_sizes: List[i
 
 @_kv_pool_backward_op.register_fake
 def _kv_pool_backward_fake(grad, x, pool_sizes):
+    _check_kv_pool_backward(grad, x, pool_sizes)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

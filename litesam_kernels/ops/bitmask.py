@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from litesam_kernels._checks import check_real, check_tensor
+from litesam_kernels._checks import check_int, check_tensor
 
 BITS_PER_WORD = 32
 
@@ -57,7 +57,7 @@ def _padded_bytes(masks: torch.Tensor, padded_width: int) -> torch.Tensor:
 def unpack_masks(packed: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of :func:`pack_masks`: int32 ``(..., H, ceil(W/32))`` -> bool ``(..., H, W)``."""
     check_tensor("packed", packed, dtypes=(torch.int32,), expected="(..., H, ceil(W/32)) int32")
-    width = int(check_real("width", width, low=0))
+    width = check_int("width", width, low=0)
     if packed.dim() < 2 or packed.shape[-1] != packed_width(width):
         raise ValueError(
             f"packed must have shape (..., H, {packed_width(width)}) for width={width}, got {tuple(packed.shape)}"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_tensor
+from litesam_kernels._checks import check_gradient, check_tensor
 from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import acc_dtype, check_nhwc, check_vector, gelu_grad
 
@@ -120,9 +120,15 @@ def _dwconv_fake(x, weight, bias, activation, residual):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _check_backward(grad, x, weight, bias, activation, residual) -> None:
+    _check_inputs(x, weight, bias, activation, residual)
+    check_gradient(grad, "dwconv_act's output", x.shape, x.dtype, x.device)
+
+
 @torch.library.custom_op("litesam::dwconv_act_backward", mutates_args=())
 def _dwconv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                         activation: str, residual: bool) -> List[torch.Tensor]:
+    _check_backward(grad, x, weight, bias, activation, residual)
     if x.numel() and _backend.choose(_DWCONV, x.device) == "triton":
         from litesam_kernels.triton.conv_block import dwconv_backward
 
@@ -136,6 +142,7 @@ def _dwconv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
 @_dwconv_backward_op.register_fake
 def _dwconv_backward_fake(grad, x, weight, bias, activation, residual):
+    _check_backward(grad, x, weight, bias, activation, residual)
     return [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
             torch.empty_like(bias)]
 

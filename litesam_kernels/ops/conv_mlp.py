@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_real, check_tensor
+from litesam_kernels._checks import check_gradient, check_real, check_tensor
 from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import DTYPES, acc_dtype, check_like, check_vector, gelu_grad
 from litesam_kernels.ops.layer_norm import _layer_norm_backward_reference, _layer_norm_reference
@@ -99,6 +99,11 @@ def _check_inputs(x, w1, b1, w2, b2, residual, norm_weight=None, norm_bias=None,
         check_vector("norm_weight", norm_weight, c, "x", x)
         check_vector("norm_bias", norm_bias, c, "x", x)
         check_real("norm_eps", norm_eps, low=1e-12)
+
+
+def _check_backward_inputs(grad, x, w1, b1, w2, b2, norm_weight, norm_bias, norm_eps) -> None:
+    _check_inputs(x, w1, b1, w2, b2, None, norm_weight, norm_bias, norm_eps)
+    check_gradient(grad, "conv_mlp's output", x.shape, x.dtype, x.device)
 
 
 def _hidden(t, w1, b1):
@@ -188,6 +193,7 @@ def _conv_mlp_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
                           norm_bias: Optional[torch.Tensor] = None, norm_eps: float = 1e-6) -> List[torch.Tensor]:
     """[dx, dw1, db1, dw2, db2] (+ [dnorm_weight, dnorm_bias] with the LayerNorm); dx excludes the residual's
     share (autograd adds ``grad`` for the residual argument)."""
+    _check_backward_inputs(grad, x, w1, b1, w2, b2, norm_weight, norm_bias, norm_eps)
     with autocast_off(x.device):
         if _use_triton(x):
             from litesam_kernels.triton.conv_mlp import conv_mlp_backward
@@ -206,6 +212,7 @@ def _conv_mlp_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
 
 @_conv_mlp_backward_op.register_fake
 def _conv_mlp_backward_fake(grad, x, w1, b1, w2, b2, norm_weight=None, norm_bias=None, norm_eps=1e-6):
+    _check_backward_inputs(grad, x, w1, b1, w2, b2, norm_weight, norm_bias, norm_eps)
     grads = [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w1),
              torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)]
     if norm_weight is None:

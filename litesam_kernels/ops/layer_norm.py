@@ -10,7 +10,7 @@ from typing import List
 import torch
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_real
+from litesam_kernels._checks import check_gradient, check_real
 from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import acc_dtype, check_nhwc, check_vector
 
@@ -94,9 +94,15 @@ def _layer_norm_fake(x, weight, bias, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _check_backward(grad, x, weight, bias, eps) -> None:
+    _check_inputs(x, weight, bias, eps)
+    check_gradient(grad, "layer_norm2d's output", x.shape, x.dtype, x.device)
+
+
 @torch.library.custom_op("litesam::layer_norm2d_backward", mutates_args=())
 def _layer_norm_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                             eps: float) -> List[torch.Tensor]:
+    _check_backward(grad, x, weight, bias, eps)
     if x.numel() and _backend.choose(_LAYER_NORM, x.device) == "triton":
         from litesam_kernels.triton.layer_norm import layer_norm_backward
 
@@ -109,6 +115,7 @@ def _layer_norm_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
 
 @_layer_norm_backward_op.register_fake
 def _layer_norm_backward_fake(grad, x, weight, bias, eps):
+    _check_backward(grad, x, weight, bias, eps)
     return [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
             torch.empty_like(bias)]
 

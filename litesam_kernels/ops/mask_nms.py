@@ -33,7 +33,7 @@ from typing import Optional, Tuple
 import torch
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_length, check_real, check_same_device, check_tensor
+from litesam_kernels._checks import call_op, check_int, check_length, check_real, check_same_device, check_tensor
 from litesam_kernels.ops.bitmask import BITS_PER_WORD, pack_masks, packed_width, unpack_masks
 from litesam_kernels.ops.nms import _BOXES_PER_WORD, group_block_ends, in_score_order, nms_visit_order
 
@@ -68,10 +68,9 @@ def mask_iou(masks_a: torch.Tensor, masks_b: torch.Tensor, width: Optional[int] 
     """
     packed_a, width_a = _as_packed("masks_a", masks_a, width)
     packed_b, width_b = _as_packed("masks_b", masks_b, width)
-    if width_a != width_b or packed_a.shape[1] != packed_b.shape[1]:
+    if width_a != width_b:
         raise ValueError(f"masks_a and masks_b must have the same (H, W), got ({packed_a.shape[1]}, {width_a}) "
                          f"and ({packed_b.shape[1]}, {width_b})")
-    check_same_device("masks_a", masks_a, masks_b=masks_b)
     return torch.ops.litesam.mask_iou(packed_a, packed_b, width_a)
 
 
@@ -106,7 +105,7 @@ def mask_nms(
     """
     packed, width = _as_packed("masks", masks, width)
     threshold = check_real("iou_threshold", iou_threshold, low=0.0, high=1.0)
-    return torch.ops.litesam.mask_nms(packed, scores, threshold, idxs, _boxes_or_none(boxes, packed), width)
+    return call_op(torch.ops.litesam.mask_nms, packed, scores, threshold, idxs, _boxes_or_none(boxes, packed), width)
 
 
 def matrix_nms(
@@ -149,7 +148,7 @@ def matrix_nms(
     """
     packed, width = _as_packed("masks", masks, width)
     sigma = check_real("sigma", sigma, low=0.0)
-    return torch.ops.litesam.matrix_nms(packed, scores, idxs, kernel, sigma, width)
+    return call_op(torch.ops.litesam.matrix_nms, packed, scores, idxs, kernel, sigma, width)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -158,10 +157,7 @@ def _as_packed(name: str, masks, width) -> Tuple[torch.Tensor, int]:
     check_tensor(name, masks, dim=3, dtypes=(torch.bool, torch.int32),
                  expected="(N, H, W) bool or (N, H, ceil(W/32)) int32 packed")
     if width is not None:
-        if isinstance(width, bool) or not isinstance(width, int):
-            raise TypeError(f"width must be an int, got {type(width).__name__}")
-        if width < 0:
-            raise ValueError(f"width must be >= 0, got {width}")
+        width = check_int("width", width, low=0)
     if masks.dtype == torch.bool:
         if width is not None and width != masks.shape[2]:
             raise ValueError(f"width={width} does not match the bool {name} of width {masks.shape[2]}")
@@ -231,6 +227,17 @@ def _check_scores(scores, n: int, masks: torch.Tensor, idxs) -> None:
         check_tensor("idxs", idxs, dim=1, integral=True, expected="(N,)")
         check_length("idxs", idxs, n, "one per mask")
     check_same_device("masks", masks, scores=scores, idxs=idxs)
+
+
+def _check_iou_inputs(packed_a, packed_b, width) -> None:
+    """Both stacks packed for ``width``, of one height, on one device: the kernels build both stacks' windows
+    from ``packed_a``'s height (another height reads out of bounds on a GPU)."""
+    _check_packed("masks_a", packed_a, width)
+    _check_packed("masks_b", packed_b, width)
+    if packed_a.shape[1] != packed_b.shape[1]:
+        raise ValueError(f"masks_a and masks_b must have the same (H, W), got ({packed_a.shape[1]}, {width}) "
+                         f"and ({packed_b.shape[1]}, {width})")
+    check_same_device("masks_a", packed_a, masks_b=packed_b)
 
 
 def _check_nms_inputs(packed, scores, iou_threshold, idxs, boxes, width) -> None:
@@ -320,10 +327,23 @@ def _iou_from_counts(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, (inter.double() / union.clamp(min=1).double()).float(), 0.0)
 
 
+# The Triton pair-count and pair-emit grids hold ceil(Na / 32) tiles of the first stack on grid axis 1 (at most
+# 65535 programs): mask_iou runs a longer masks_a in slices; the ranked passes (NMS) reject more masks, whose
+# (N, N) suppression bitmask (N^2 / 8 bytes: 550 GB here) could not be allocated anyway. CUDA's plan has the
+# same limit (csrc/common/launch_plans.h, plan_pair_tiles).
+TRITON_MAX_FIRST_STACK = 32 * 65535
+
+
+def _check_ranked_stack(n: int) -> None:
+    if n > TRITON_MAX_FIRST_STACK:
+        raise ValueError(f"mask NMS takes at most {TRITON_MAX_FIRST_STACK} masks, got {n}")
+
+
 def _triton_pair_ious(packed_a, boxes_a, packed_b, boxes_b, upper: bool, groups=None):
     """``(a index, b index, IoU)`` per pass of the pairs whose boxes intersect (the others have IoU 0)."""
     from litesam_kernels.triton.mask_nms import mask_areas, overlapping_pair_intersections
 
+    _check_ranked_stack(packed_a.shape[0])
     height, words = packed_a.shape[1], packed_a.shape[2]
     area_a = mask_areas(packed_a)
     area_b = area_a if packed_b is packed_a else mask_areas(packed_b)
@@ -333,6 +353,10 @@ def _triton_pair_ious(packed_a, boxes_a, packed_b, boxes_b, upper: bool, groups=
 
 
 def _triton_dense_iou(packed_a, boxes_a, packed_b, boxes_b, upper: bool) -> torch.Tensor:
+    step = TRITON_MAX_FIRST_STACK
+    if not upper and packed_a.shape[0] > step:  # rows of the IoU matrix are independent: slices are exact
+        return torch.cat([_triton_dense_iou(packed_a[i:i + step], boxes_a[i:i + step], packed_b, boxes_b, False)
+                          for i in range(0, packed_a.shape[0], step)])
     iou = torch.zeros(packed_a.shape[0], packed_b.shape[0], dtype=torch.float32, device=packed_a.device)
     for first, second, pair_iou in _triton_pair_ious(packed_a, boxes_a, packed_b, boxes_b, upper):
         iou[first, second] = pair_iou
@@ -352,6 +376,7 @@ def _mask_nms_triton(packed, boxes, scores, iou_threshold: float, idxs) -> torch
     from litesam_kernels.triton.nms import greedy_keep_from_mask
 
     n = packed.shape[0]
+    _check_ranked_stack(n)  # before the (N, N / 64) bitmask is allocated
     order = nms_visit_order(scores, idxs)
     groups_sorted = None if idxs is None else idxs[order].to(torch.int64).contiguous()
     packed_sorted = packed[order].contiguous()
@@ -415,15 +440,13 @@ def _run_matrix_nms(packed, scores, idxs, kernel: str, sigma: float, width: int)
 # ------------------------------------------------------------------------------------------ custom ops
 @torch.library.custom_op("litesam::mask_iou", mutates_args=())
 def _mask_iou_op(packed_a: torch.Tensor, packed_b: torch.Tensor, width: int) -> torch.Tensor:
-    _check_packed("masks_a", packed_a, width)
-    _check_packed("masks_b", packed_b, width)
+    _check_iou_inputs(packed_a, packed_b, width)
     return _run_mask_iou(packed_a.contiguous(), packed_b.contiguous(), width)
 
 
 @_mask_iou_op.register_fake
 def _mask_iou_fake(packed_a, packed_b, width):
-    _check_packed("masks_a", packed_a, width)
-    _check_packed("masks_b", packed_b, width)
+    _check_iou_inputs(packed_a, packed_b, width)
     return packed_a.new_empty((packed_a.shape[0], packed_b.shape[0]), dtype=torch.float32)
 
 

@@ -22,7 +22,11 @@ Semantics (segment_anything ``utils/amg.py`` and ``Sam.postprocess_masks``; ever
 Backends of ``postprocess_masks``: ``triton`` (CUDA: one fused kernel computing every output pixel from
 the low-res logits), ``cpu`` (C++, float32 logits: per mask, two cached rows of the 1024 grid; float16/
 bfloat16 on CPU run the reference, which is SAM's CPU arithmetic), ``reference`` (SAM's torch path a few
-masks at a time). ``stability_score`` / ``masks_to_boxes``: ``triton`` and ``reference``.
+masks at a time). torch's CPU resize takes another kernel, with other float32 roundings, for outputs of
+``height + width <= 128`` (``_use_vectorized_kernel_cond_2d`` in ATen's UpSampleKernel.cpp): where either
+resize does (``image_size <= 64``, or ``original_size`` summing to at most 128), CPU tensors run the
+reference unless a backend is forced (a forced kernel then matches SAM except where a value lands exactly
+on a threshold). ``stability_score`` / ``masks_to_boxes``: ``triton`` and ``reference``.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_real, check_tensor
+from litesam_kernels._checks import call_op, check_int, check_real, check_tensor
 from litesam_kernels._device_data import DeviceCache
 from litesam_kernels.ops.bitmask import pack_masks, packed_width, unpack_masks
 
@@ -73,8 +77,8 @@ def stability_score(mask_logits: torch.Tensor, mask_threshold: float, offset: fl
     Raises:
         TypeError: not a floating tensor, non-real thresholds. ValueError: fewer than 2 dims, NaN thresholds.
     """
-    return torch.ops.litesam.stability_score(mask_logits, _real("mask_threshold", mask_threshold),
-                                             _real("offset", offset))
+    return call_op(torch.ops.litesam.stability_score, mask_logits, _real("mask_threshold", mask_threshold),
+                   _real("offset", offset))
 
 
 def masks_to_boxes(masks: torch.Tensor, *, width: int | None = None) -> torch.Tensor:
@@ -91,7 +95,7 @@ def masks_to_boxes(masks: torch.Tensor, *, width: int | None = None) -> torch.Te
     Raises:
         TypeError: wrong dtype. ValueError: fewer than 2 dims, ``width`` missing/inconsistent/given for bool.
     """
-    return torch.ops.litesam.masks_to_boxes(masks, width)
+    return call_op(torch.ops.litesam.masks_to_boxes, masks, width)
 
 
 def postprocess_masks(
@@ -126,8 +130,8 @@ def postprocess_masks(
     """
     input_size = _size("input_size", input_size)
     original_size = _size("original_size", original_size)
-    result = torch.ops.litesam.postprocess_masks(
-        low_res_logits, input_size, original_size, _real("mask_threshold", mask_threshold),
+    result = call_op(
+        torch.ops.litesam.postprocess_masks, low_res_logits, input_size, original_size, _real("mask_threshold", mask_threshold),
         _real("stability_offset", stability_offset), bool(packed), _positive_int("image_size", image_size),
     )
     return PostprocessedMasks(*result)
@@ -138,15 +142,19 @@ def _real(name, value) -> float:
     return check_real(name, value)
 
 
+# The largest image side, input side and output side: a mask's pixel counts (intersection, union, area) are
+# int32 totals (SAM's own dtype) and the resize tables hold source indices in float32 (exact below 2**24);
+# 32768**2 = 2**30 pixels keeps both exact, and stops a typo (2**40) before a terabyte allocation.
+MAX_SIDE = 32768
+
+
 def _positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
+    return check_int(name, value, low=1, high=MAX_SIDE)
 
 
 def _size(name, value) -> list:
+    """A (height, width) pair of ints in [1, MAX_SIDE]: TypeError for anything but a pair, ValueError for a
+    pair out of range (the op's schema takes a list of any length: a wrong length is a ValueError there)."""
     if isinstance(value, torch.Size):
         value = tuple(value)
     if not isinstance(value, (tuple, list)) or len(value) != 2:
@@ -155,10 +163,24 @@ def _size(name, value) -> list:
             for i, v in enumerate(value)]
 
 
+def _op_size(name, value) -> list:
+    """:func:`_size` inside the op, where the dispatcher already made ``value`` a list of ints."""
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a (height, width) pair, got {len(value)} entries {list(value)}")
+    return _size(name, value)
+
+
 def _check_logits(mask_logits) -> None:
     check_tensor("mask_logits", mask_logits, floating=True, expected="(..., H, W) floating")
     if mask_logits.dim() < 2:
         raise ValueError(f"mask_logits must have at least 2 dims (..., H, W), got shape {tuple(mask_logits.shape)}")
+
+
+def _check_stability_inputs(mask_logits, mask_threshold, offset) -> None:
+    """The op's checks: a NaN threshold compares False everywhere (a silent all-NaN answer)."""
+    _check_logits(mask_logits)
+    check_real("mask_threshold", mask_threshold)
+    check_real("offset", offset)
 
 
 def _check_masks(masks, width) -> None:
@@ -177,10 +199,15 @@ def _check_masks(masks, width) -> None:
                              f"got {tuple(masks.shape)}")
 
 
-def _check_postprocess(low_res_logits, input_size, original_size, image_size) -> None:
+def _check_postprocess(low_res_logits, input_size, original_size, mask_threshold, stability_offset,
+                       image_size) -> None:
     check_tensor("low_res_logits", low_res_logits, dim=3, dtypes=SAM_FLOAT_DTYPES, expected="(N, h, w)")
     if min(low_res_logits.shape[1:]) == 0:
         raise ValueError(f"low_res_logits must have non-empty masks, got shape {tuple(low_res_logits.shape)}")
+    input_size, _ = _op_size("input_size", input_size), _op_size("original_size", original_size)
+    check_real("mask_threshold", mask_threshold)
+    check_real("stability_offset", stability_offset)
+    _positive_int("image_size", image_size)
     if input_size[0] > image_size or input_size[1] > image_size:
         raise ValueError(f"input_size {tuple(input_size)} must fit in image_size {image_size}")
 
@@ -362,7 +389,7 @@ def _postprocess_masks_triton(low_res_logits, input_size, original_size, mask_th
 # ------------------------------------------------------------------------------------------ custom ops
 @torch.library.custom_op("litesam::stability_score", mutates_args=())
 def _stability_score_op(mask_logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
-    _check_logits(mask_logits)
+    _check_stability_inputs(mask_logits, mask_threshold, offset)
     if mask_logits.numel() == 0:
         return _stability_score_reference(mask_logits, mask_threshold, offset)
     backend = _backend.choose(_STABILITY, mask_logits.device)
@@ -373,7 +400,7 @@ def _stability_score_op(mask_logits: torch.Tensor, mask_threshold: float, offset
 
 @_stability_score_op.register_fake
 def _stability_score_fake(mask_logits, mask_threshold, offset):
-    _check_logits(mask_logits)
+    _check_stability_inputs(mask_logits, mask_threshold, offset)
     return mask_logits.new_empty(mask_logits.shape[:-2], dtype=torch.float32)
 
 
@@ -405,11 +432,17 @@ def _masks_to_boxes_fake(masks, width):
     return masks.new_empty((*masks.shape[:-2], 4), dtype=dtype)
 
 
+def _torch_resizes_with_small_output_kernel(original_size, image_size) -> bool:
+    """Whether torch's CPU bilinear resize of SAM's (N, 1, h, w) logits takes its vectorized kernel for either of
+    the two resizes (output height + width <= 128, ATen's ``_use_vectorized_kernel_cond_2d``)."""
+    return 2 * image_size <= 128 or original_size[0] + original_size[1] <= 128
+
+
 @torch.library.custom_op("litesam::postprocess_masks", mutates_args=())
 def _postprocess_masks_op(low_res_logits: torch.Tensor, input_size: Sequence[int], original_size: Sequence[int],
                           mask_threshold: float, stability_offset: float, packed: bool, image_size: int
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_postprocess(low_res_logits, input_size, original_size, image_size)
+    _check_postprocess(low_res_logits, input_size, original_size, mask_threshold, stability_offset, image_size)
     backend = _backend.choose(_POSTPROCESS, low_res_logits.device)
     if backend == "cpu" and low_res_logits.dtype != torch.float32:
         # torch's CPU resize keeps reduced-precision weights in that dtype; only the reference matches it.
@@ -418,6 +451,9 @@ def _postprocess_masks_op(low_res_logits: torch.Tensor, input_size: Sequence[int
                 f"backend 'cpu' was forced but its postprocess_masks kernel takes float32 logits, got "
                 f"{low_res_logits.dtype}")
         backend = "reference"
+    if (backend != "reference" and low_res_logits.device.type == "cpu" and _backend.forced_backend() is None
+            and _torch_resizes_with_small_output_kernel(original_size, image_size)):
+        backend = "reference"  # SAM's arithmetic there is not the separable kernel's that the kernels reproduce
     run = {"triton": _postprocess_masks_triton, "cpu": _postprocess_masks_cpu}.get(backend,
                                                                                   _postprocess_masks_reference)
     return run(low_res_logits, list(input_size), list(original_size), mask_threshold, stability_offset, packed,
@@ -427,7 +463,7 @@ def _postprocess_masks_op(low_res_logits: torch.Tensor, input_size: Sequence[int
 @_postprocess_masks_op.register_fake
 def _postprocess_masks_fake(low_res_logits, input_size, original_size, mask_threshold, stability_offset, packed,
                             image_size):
-    _check_postprocess(low_res_logits, input_size, original_size, image_size)
+    _check_postprocess(low_res_logits, input_size, original_size, mask_threshold, stability_offset, image_size)
     n = low_res_logits.shape[0]
     height, width = original_size
     masks = (low_res_logits.new_empty((n, height, packed_width(width)), dtype=torch.int32) if packed

@@ -4,9 +4,10 @@ Semantics (every backend, identical keep lists):
 - boxes are XYXY; IoU = inter / (area_a + area_b - inter), computed in float32 (float64 for float64
   input; float16/bfloat16 boxes are upcast to float32), compared with the threshold in float64;
 - box j is suppressed by a kept box i when IoU(i, j) > iou_threshold (**strictly greater**);
-- visit and output order: decreasing score, **ties by increasing index** (a stable sort). torchvision's
-  CUDA kernel sorts stably too; its CPU kernel does not, so on tied scores torchvision-CPU may keep a
-  different (equal-score) box;
+- visit and output order: decreasing score, **ties by increasing index** (a stable sort), as torchvision's
+  kernels: its CUDA kernel and, in torchvision 0.26 (verified on heavy ties: tests/test_nms.py), its CPU
+  kernel sort stably too, so keep lists equal torchvision's on tied scores (older torchvision CPU kernels
+  sorted unstably and could keep another equal-score box);
 - degenerate boxes: a pair whose intersection has no positive width and height never suppresses, so
   zero-area and inverted (x2 < x1 or y2 < y1) boxes are never suppressed and suppress nothing;
 - NaN: a NaN score sorts before every number (as in ``torch.sort``); a box with a NaN coordinate has a NaN
@@ -20,7 +21,7 @@ from typing import Optional
 import torch
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_length, check_real, check_same_device, check_tensor
+from litesam_kernels._checks import call_op, check_length, check_real, check_same_device, check_tensor
 
 _BOXES_PER_WORD = 64
 _NMS = _backend.register(
@@ -47,7 +48,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
     See the module docstring for degenerate boxes, NaN and infinity.
     """
-    return torch.ops.litesam.nms(boxes, scores, _threshold(iou_threshold))
+    return call_op(torch.ops.litesam.nms, boxes, scores, _threshold(iou_threshold))
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -66,7 +67,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     Raises:
         As :func:`nms`; also TypeError for non-integer ``idxs`` and ValueError for a length mismatch.
     """
-    return torch.ops.litesam.batched_nms(boxes, scores, idxs, _threshold(iou_threshold))
+    return call_op(torch.ops.litesam.batched_nms, boxes, scores, idxs, _threshold(iou_threshold))
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from litesam_kernels import _backend
+from litesam_kernels._checks import check_gradient
 from litesam_kernels.ops._autocast import autocast_off
 from litesam_kernels.ops._dense import acc_dtype, check_nhwc, check_vector
 
@@ -103,9 +104,15 @@ def _pool_mixer_fake(x, scale, shift, pool_sizes):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _check_backward(grad, x, scale, shift, pool_sizes) -> None:
+    _check_inputs(x, scale, shift, pool_sizes)
+    check_gradient(grad, "pool_mixer's output", x.shape, x.dtype, x.device)
+
+
 @torch.library.custom_op("litesam::pool_mixer_backward", mutates_args=())
 def _pool_mixer_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                             pool_sizes: List[int]) -> List[torch.Tensor]:
+    _check_backward(grad, x, scale, shift, pool_sizes)
     if x.numel() and _backend.choose(_POOL_MIXER, x.device) == "triton":
         from litesam_kernels.triton.pool_mixer import pool_mixer_backward
 
@@ -118,6 +125,7 @@ def _pool_mixer_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Te
 
 @_pool_mixer_backward_op.register_fake
 def _pool_mixer_backward_fake(grad, x, scale, shift, pool_sizes):
+    _check_backward(grad, x, scale, shift, pool_sizes)
     return [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(scale),
             torch.empty_like(shift)]
 

@@ -26,10 +26,17 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from litesam_kernels import _backend
-from litesam_kernels._checks import check_real, check_same_device, check_tensor
+from litesam_kernels._checks import call_op, check_int, check_real, check_same_device, check_tensor
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PPN_DECODE = _backend.register(_backend.OpImplementations("ppn_decode", has_triton=True))
+# Prompts per image: far above any use (SegEvery takes 256) and within the Triton kernel's int32 k; a typo
+# such as 2**40 is rejected before (B, k, 4) outputs of terabytes are allocated.
+MAX_K = 65536
+# The Triton kernel sorts next_power_of_2(max(H * W, k)) keys in one program, 8 bytes each in shared memory
+# (sm_90a AOT: 128 KB at 16384; 32768 would need 256 KB, more than the 227 KB a Hopper block can have).
+# Larger heatmaps (a 2048^2 input at stride 16 is 128^2 = 16384 cells) or k run on the reference.
+TRITON_MAX_CELLS = 16384
 
 
 class PPNPrompts(NamedTuple):
@@ -51,7 +58,7 @@ def ppn_decode(heatmap_logits: torch.Tensor, box_regression: torch.Tensor, k: in
         heatmap_logits: ``(B, 1, H, W)`` floating, point-confidence logits.
         box_regression: ``(B, 4, H, W)`` floating, distances (left, top, right, bottom) from each cell
             centre in stride units, on the device of ``heatmap_logits``.
-        k: prompts per image, >= 1 (outputs are padded when an image has fewer peaks).
+        k: prompts per image, in [1, MAX_K = 65536] (outputs are padded when an image has fewer peaks).
         score_threshold: in [0, 1]; a peak is kept when its sigmoid score is >= this.
         stride: input pixels per heatmap cell (> 0); 16 for Lite-SAM.
         image_sizes: optional ``(B, 2)`` integer ``(h, w)`` of each image's valid (unpadded) region in input
@@ -62,7 +69,7 @@ def ppn_decode(heatmap_logits: torch.Tensor, box_regression: torch.Tensor, k: in
 
     Raises:
         TypeError: non-tensors, non-floating maps, non-integer ``image_sizes``, non-integer ``k``.
-        ValueError: wrong shapes, mismatched batch/grid sizes or devices, ``k < 1``, a threshold outside [0, 1],
+        ValueError: wrong shapes, mismatched batch/grid sizes or devices, ``k`` outside [1, 65536], a threshold outside [0, 1],
             a non-positive stride.
     """
     k = _check_k(k)
@@ -70,16 +77,13 @@ def ppn_decode(heatmap_logits: torch.Tensor, box_regression: torch.Tensor, k: in
     stride = check_real("stride", stride, low=0.0)
     if stride <= 0:
         raise ValueError(f"stride must be > 0, got {stride}")
-    return PPNPrompts(*torch.ops.litesam.ppn_decode(heatmap_logits, box_regression, image_sizes, k, threshold, stride))
+    return PPNPrompts(*call_op(torch.ops.litesam.ppn_decode, heatmap_logits, box_regression, image_sizes, k, threshold,
+                               stride))
 
 
 # ------------------------------------------------------------------------------------------ validation
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return k
+    return check_int("k", k, low=1, high=MAX_K)
 
 
 def _check_inputs(heatmap_logits, box_regression, image_sizes, k, score_threshold, stride) -> None:
@@ -167,7 +171,14 @@ def _run(heatmap_logits, box_regression, image_sizes, k, score_threshold, stride
         return _ppn_decode_reference(heatmap_logits, box_regression, image_sizes, k, score_threshold, stride)
     backend = _backend.choose(_PPN_DECODE, heatmap_logits.device)
     if backend == "triton":
-        from litesam_kernels.triton.ppn_decode import ppn_decode_launch
+        from litesam_kernels.triton.ppn_decode import ppn_decode_launch, sort_blocks
+
+        if sort_blocks(h * w, k)[0] > TRITON_MAX_CELLS:
+            if _backend.forced_backend() == "triton":
+                raise _backend.BackendUnavailableError(
+                    f"backend 'triton' was forced but its ppn_decode kernel sorts at most {TRITON_MAX_CELLS} keys "
+                    f"in one program, got a {h}x{w} heatmap with k={k}")
+            return _ppn_decode_reference(heatmap_logits, box_regression, image_sizes, k, score_threshold, stride)
 
         sizes = None if image_sizes is None else image_sizes.to(torch.int64).contiguous()
         return ppn_decode_launch(heatmap_logits.contiguous(), box_regression.contiguous(), sizes, k,

@@ -61,33 +61,66 @@ def rles_from_counts(counts, lengths, height: int, width: int) -> List[Dict[str,
 
 
 def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
-    """SAM's ``rle_to_mask``: bool ``(h, w)`` numpy array (C order) from an uncompressed RLE."""
-    height, width = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != height * width or (counts < 0).any():
-        raise ValueError(f"rle counts must be non-negative and sum to h * w = {height * width}")
+    """SAM's ``rle_to_mask``: bool ``(h, w)`` numpy array (C order) from an uncompressed RLE.
+
+    Raises:
+        TypeError: ``rle`` not a dict, compressed (str) or non-integer counts.
+        ValueError: a missing key, a size that is not two non-negative ints, negative counts or counts that
+            do not sum to ``h * w``."""
+    height, width, counts = _check_rle("rle", rle)
     values = np.arange(len(counts)) % 2 == 1
     return np.repeat(values, counts).reshape(width, height).transpose()
 
 
 def area_from_rle(rle: Dict[str, Any]) -> int:
-    """SAM's ``area_from_rle``: the number of set pixels (sum of the odd-position counts)."""
-    return int(sum(rle["counts"][1::2]))
+    """SAM's ``area_from_rle``: the number of set pixels (sum of the odd-position counts). Raises as
+    :func:`rle_to_mask`."""
+    return int(_check_rle("rle", rle)[2][1::2].sum())
 
 
 def coco_encode_rle(uncompressed_rle: Dict[str, Any]) -> Dict[str, Any]:
-    """SAM's ``coco_encode_rle``: COCO compressed RLE (``counts`` as a str), via pycocotools."""
+    """SAM's ``coco_encode_rle``: COCO compressed RLE (``counts`` as a str), via pycocotools. Raises as
+    :func:`rle_to_mask` (counts that do not cover ``h * w`` would encode into a wrong COCO RLE)."""
     try:
         from pycocotools import mask as mask_utils
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("coco_encode_rle needs pycocotools (pip install pycocotools)") from exc
-    height, width = uncompressed_rle["size"]
+    height, width, _ = _check_rle("uncompressed_rle", uncompressed_rle)
     rle = mask_utils.frPyObjects(uncompressed_rle, height, width)
     rle["counts"] = rle["counts"].decode("utf-8")
     return rle
 
 
 # ------------------------------------------------------------------------------------------ validation
+def _check_rle(name: str, rle) -> tuple:
+    """(h, w, int64 counts) of an uncompressed RLE dict ``{"size": [h, w], "counts": [...]}``, or a
+    TypeError/ValueError naming the argument and the key."""
+    what = "an uncompressed rle dict {'size': [h, w], 'counts': [...]}"
+    if not isinstance(rle, dict):
+        raise TypeError(f"{name} must be {what}, got {type(rle).__name__}")
+    for key in ("size", "counts"):
+        if key not in rle:
+            raise ValueError(f"{name} must be {what}: it has no {key!r} ({key} is missing)")
+    size = rle["size"]
+    if (not isinstance(size, (list, tuple, np.ndarray)) or len(size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in size)):
+        raise ValueError(f"{name}['size'] must be [h, w], two non-negative ints, got {size!r}")
+    raw = rle["counts"]
+    if isinstance(raw, (str, bytes)):
+        raise TypeError(f"{name}['counts'] is a compressed COCO string: decode it with pycocotools.mask.decode "
+                        "(this takes uncompressed counts, a list of ints)")
+    counts = np.asarray(raw)
+    if counts.ndim != 1 or not (counts.size == 0 or np.issubdtype(counts.dtype, np.integer)):
+        raise TypeError(f"{name}['counts'] must be a flat list of ints, got {np.asarray(raw).dtype} "
+                        f"of shape {counts.shape}")
+    counts = counts.astype(np.int64)
+    height, width = int(size[0]), int(size[1])
+    if (counts < 0).any() or counts.sum() != height * width:
+        raise ValueError(f"{name}['counts'] must be non-negative and sum to h * w = {height * width}, got "
+                         f"sum {int(counts.sum())}{' with negative counts' if (counts < 0).any() else ''}")
+    return height, width, counts
+
+
 def _check_rle_input(masks, width) -> None:
     _check_masks(masks, width)
     if masks.dim() != 3:

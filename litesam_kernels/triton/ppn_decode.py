@@ -90,6 +90,12 @@ def _ppn_decode_kernel(heat_ptr, box_ptr, sizes_ptr, points_ptr, boxes_ptr, scor
     tl.store(count_ptr + image, tl.minimum(count, k).to(tl.int64))
 
 
+def sort_blocks(cells: int, k: int):
+    """(BLOCK, K_BLOCK): the keys one program sorts for ``cells`` heatmap cells and the top ``k`` it keeps."""
+    k_block = max(2, triton.next_power_of_2(k))  # tl.topk of 1 would reduce to a scalar
+    return max(triton.next_power_of_2(cells), k_block), k_block
+
+
 def ppn_decode_launch(heatmap_logits: torch.Tensor, box_regression: torch.Tensor, image_sizes, k: int,
                       logit_threshold: float, stride: float):
     """heatmap (B, 1, H, W) and boxes (B, 4, H, W) contiguous floating; image_sizes (B, 2) int64 or None.
@@ -103,8 +109,7 @@ def ppn_decode_launch(heatmap_logits: torch.Tensor, box_regression: torch.Tensor
     scores = torch.empty(b, k, dtype=torch.float32, device=device)
     indices = torch.empty(b, k, dtype=torch.int64, device=device)
     counts = torch.empty(b, dtype=torch.int64, device=device)
-    k_block = max(2, triton.next_power_of_2(k))  # tl.topk of 1 would reduce to a scalar
-    block = max(triton.next_power_of_2(h * w), k_block)
+    block, k_block = sort_blocks(h * w, k)
     sizes = image_sizes if image_sizes is not None else counts  # any int64 pointer; unused
 
     def run(config):
