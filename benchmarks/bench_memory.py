@@ -38,9 +38,9 @@ from typing import List, Optional
 # segevery: SegEvery's defaults (batch_size=8: a decoder call takes the prompts of every crop an encoder call
 # ran, so one crop layer's 5 crops make 5 x prompts_per_batch prompts per call); segevery_one_crop_per_call:
 # batch_size=1, i.e. prompts_per_batch=64 prompts per decoder call as SAM's points_per_batch=64 (the same call).
-# fast_one_batch_per_call: the drop-in with batches_per_decoder_call=1 (its default 4 decodes 4 x points_per_batch
-# prompts per call).
-KINDS = ("sam", "fast", "fast_one_batch_per_call", "segevery", "segevery_one_crop_per_call", "segevery_eager")
+# fast_four_batches_per_call: the drop-in with batches_per_decoder_call=4 (its default 1 decodes points_per_batch
+# prompts per call, as segment_anything does).
+KINDS = ("sam", "fast", "fast_four_batches_per_call", "segevery", "segevery_one_crop_per_call", "segevery_eager")
 # "sam": SAM's geometry (1024 input, 64x64 embeddings, 256x256 low-res masks, Lite-SAM's "litesam" config);
 # "ci": a 128 input (8x8 embeddings, 32x32 low-res masks; Lite-SAM's "tiny" config) for tests/test_memory.py.
 GEOMETRIES = {"sam": (1024, "litesam"), "ci": (128, "tiny")}
@@ -103,7 +103,7 @@ def _generator(kind: str, points_per_side: int, crop_n_layers: int, device: str,
     import torch
 
     img_size, litesam_config = GEOMETRIES[geometry]
-    if kind in ("sam", "fast", "fast_one_batch_per_call"):
+    if kind in ("sam", "fast", "fast_four_batches_per_call"):
         from tests.tiny_sam import tiny_sam
 
         # SAM's decoder geometry (transformer_dim 256, 64x64 embeddings, 256x256 low-res masks) behind a light
@@ -119,7 +119,7 @@ def _generator(kind: str, points_per_side: int, crop_n_layers: int, device: str,
             from litesam_kernels.amg import FastSamAutomaticMaskGenerator
 
             generator = FastSamAutomaticMaskGenerator(sam, **args, **(
-                {"batches_per_decoder_call": 1} if kind == "fast_one_batch_per_call" else {}))
+                {"batches_per_decoder_call": 4} if kind == "fast_four_batches_per_call" else {}))
         return generator.generate, f"random Sam: SAM's decoder at img_size {img_size}, a 2-block windowed ViT"
     from litesam_kernels.model import build_litesam
     from litesam_kernels.segment_everything import SegmentEverything

@@ -69,7 +69,7 @@ class FastSAM2AutomaticMaskGenerator(PointGridGenerator):
         use_m2m: bool = False,
         multimask_output: bool = True,
         *,
-        batches_per_decoder_call: int = 4,
+        batches_per_decoder_call: int = 1,
         masks_per_chunk: int = 64,
         images_per_encoder_call: int = 1,
         fused_postprocess: Optional[bool] = None,

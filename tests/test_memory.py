@@ -9,11 +9,12 @@ post-processing never materialises). The 1024 rows (SAM's geometry, 64 points pe
 
 Measured on the shared 2-core machine (MiB beyond the baseline): SAM 337.5, FastSam 31.3, SegEvery with
 one crop per call 3.8, SegEvery's eager baseline 33.5. The bound is checked where a decoder call takes SAM's
-64 prompts (points_per_batch): 8 x 8 points are one batch, and SegEvery runs one crop per encoder call. The
-defaults decode more prompts per call (FastSam: batches_per_decoder_call=4, i.e. 256; SegEvery: batch_size=8
-crops of 64 each), throughput knobs that multiply the decoder's working set: at 16 points per side FastSam
-measured 122.0 MiB with the default and 55.6 with one batch per call (SAM 383.9); at SAM's geometry the
-decoder dominates (see the benchmark's rows in the report of issue 14).
+64 prompts (points_per_batch): FastSam's default (batches_per_decoder_call=1), and SegEvery with one crop per
+encoder call. More prompts per call (FastSam's batches_per_decoder_call=4, i.e. 256; SegEvery's default
+batch_size=8, crops of 64 prompts each decoded together) are throughput knobs that multiply the decoder's
+working set: at 16 points per side FastSam measured 122.0 MiB with 4 batches per call and 55.6 with one
+(SAM 383.9); at SAM's geometry the decoder dominates (1024², 16 points per side: SAM 2249, FastSam 1961 with
+one batch per call, 7189 with four).
 """
 from __future__ import annotations
 
