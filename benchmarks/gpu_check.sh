@@ -49,15 +49,17 @@ if [ -z "$OUT_DIR" ]; then
 fi
 if [ -z "$ARCHIVE" ] && [ -n "${OUT:-}" ]; then ARCHIVE="$OUT/gpu_check.tar.gz"; fi
 
-# The sanitizer subset: CUDA kernels first, then Triton ones; each file only if it exists.
+# The sanitizer subset: CUDA kernels first, then Triton ones, then the gpu-marked fuzz tests (with the 'sanitizer'
+# hypothesis profile: a fifth of the ci examples, as the tools slow every launch 10-100x); each file only if it exists.
 DEFAULT_SANITIZER_TESTS="tests/test_cuda_kernels.py tests/test_nms.py::TestNMSCuda tests/test_rle.py::TestMaskToRleGpu
-  tests/test_mask_nms.py::TestMaskNmsGpu tests/test_ppn_decode.py::TestPPNDecodeGPU"
+  tests/test_mask_nms.py::TestMaskNmsGpu tests/test_ppn_decode.py::TestPPNDecodeGPU
+  tests/test_fuzz_boxes.py tests/test_fuzz_masks.py tests/test_fuzz_ppn.py"
 SANITIZER_TESTS="${SANITIZER_TESTS:-$(for t in $DEFAULT_SANITIZER_TESTS; do [ -e "${t%%::*}" ] && printf '%s ' "$t"; done)}"
 
 # ------------------------------------------------------------------------------------------ the stages
 # name | default limit in seconds | command (run by bash -c in the repository root, output to <name>.log)
 PYTEST="$PYTHON -m pytest -q -p no:cacheprovider -rfE"
-SANITIZE="PYTORCH_NO_CUDA_MEMORY_CACHING=1 \"\$SANITIZER\" --error-exitcode 99 --print-limit 20 --target-processes all"
+SANITIZE="HYPOTHESIS_PROFILE=sanitizer PYTORCH_NO_CUDA_MEMORY_CACHING=1 \"\$SANITIZER\" --error-exitcode 99 --print-limit 20 --target-processes all"
 # The op benchmarks first (quick, and the ones never yet run on a GPU), then the pipelines, so that a
 # stage cut off at its limit still has every op's rows (the suite writes them after every benchmark).
 OP_BENCHMARKS="nms,mask_nms,mask_postprocess,rle,small_regions,ppn_decode"
