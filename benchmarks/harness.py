@@ -11,6 +11,9 @@ lists; an ``Implementation`` may carry its own, e.g. for packed input). Every ro
 (100 * floor / median) and ``achieved_gbps`` (bytes / median). The ceilings are measured once per process on
 the device that runs (``measured_ceilings``: a large device-to-device copy and large matrix products on a GPU;
 a memcpy and an fp32 matmul on the CPU); ``row.ceilings`` says which ceilings a row used.
+
+Memory: on CUDA every row carries ``peak_cuda_mib``, the allocator's peak during the checked call beyond the
+memory allocated when it began (``call_with_peak``).
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class Row:
     achieved_gbps: Optional[float] = None  # the floor's bytes / median: bandwidth this row reached
     copy_gbps: Optional[float] = None  # the copy bandwidth the floor was computed with
     ceilings: str = ""  # where the copy bandwidth / peak rates come from (measured here, or constants)
+    peak_cuda_mib: Optional[float] = None  # CUDA: max_memory_allocated during one call, beyond what it began with
     versions: str = field(default_factory=versions)
     timestamp: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -79,6 +83,19 @@ class Row:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def call_with_peak(fn: Callable[[], object], device: torch.device):
+    """(fn(), peak MiB): on CUDA the caching allocator's peak of live tensors during the call, beyond the memory
+    allocated when it began (``torch.cuda.max_memory_allocated``); None elsewhere."""
+    if device.type != "cuda":
+        return fn(), None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    return result, (torch.cuda.max_memory_allocated(device) - start) / 2**20
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, *, min_time_s: float = 0.2, max_reps: int = 200):
@@ -242,37 +259,35 @@ def compare(
     take) gets a row saying so instead of a time."""
     dev = device_name(device)
     dtype_name = str(dtype).replace("torch.", "")
-    expected = baseline.fn()
-    synchronize(device)
+    expected, base_peak = call_with_peak(baseline.fn, device)
     if floor is not None or any(impl.floor is not None for impl in implementations):
         ceilings = ceilings or measured_ceilings(device)
 
-    def row(impl: Implementation, median=None, p20=None, p80=None, matched=None, row_note=note) -> Row:
+    def row(impl: Implementation, median=None, p20=None, p80=None, matched=None, row_note=note, peak=None) -> Row:
         speedup = 1.0 if impl is baseline else (base_median / median if median else None)
         r = Row(op, impl.name, shape, dtype_name, dev, median, p20, p80, baseline.name, base_median, speedup,
-                matched, row_note)
+                matched, row_note, peak_cuda_mib=peak)
         spec = impl.floor if impl.floor is not None else floor
         if spec is not None:
             _set_floor(r, spec(expected) if callable(spec) else spec, ceilings)
         return r
 
     base_median, base_p20, base_p80 = time_ms(baseline.fn, device)
-    rows = [row(baseline, base_median, base_p20, base_p80, True)]
+    rows = [row(baseline, base_median, base_p20, base_p80, True, peak=base_peak)]
     for impl in implementations:
         if impl.skip_reason:
             rows.append(row(impl, row_note=f"skipped: {impl.skip_reason}"))
             continue
         try:
-            got = impl.fn()
+            got, peak = call_with_peak(impl.fn, device)
         except REJECTIONS as exc:
             rows.append(row(impl, row_note=f"not run: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
             continue
-        synchronize(device)
         if not matches(got, expected):
-            rows.append(row(impl, matched=False, row_note="output differs from the baseline: not timed"))
+            rows.append(row(impl, matched=False, row_note="output differs from the baseline: not timed", peak=peak))
             continue
         median, p20, p80 = time_ms(impl.fn, device)
-        rows.append(row(impl, median, p20, p80, True))
+        rows.append(row(impl, median, p20, p80, True, peak=peak))
     return rows
 
 

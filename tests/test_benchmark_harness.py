@@ -117,6 +117,20 @@ def test_written_rows_have_the_floor_columns(tmp_path):
     assert "% of floor" in harness.format_table(rows)
 
 
+def test_rows_carry_the_peak_memory_on_cuda_only():
+    rows = _compare([Implementation("same", lambda: torch.arange(10))])
+    assert all(r.peak_cuda_mib is None for r in rows)  # CPU: no allocator peak to read
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_memory_counts_what_a_call_allocates_beyond_its_start():
+    cuda = torch.device("cuda")
+    held = torch.empty(64 * 2**20, dtype=torch.uint8, device=cuda)  # allocated before: not counted
+    result, peak = harness.call_with_peak(lambda: torch.empty(32 * 2**20, dtype=torch.uint8, device=cuda) + 1, cuda)
+    assert 63.9 <= peak <= 64.1 and result.numel() == 32 * 2**20 and held.numel()  # the temporary and the result
+
+
 # ------------------------------------------------------------------------------------------ charts
 def _rows_for_charts():
     rows = []
