@@ -35,12 +35,12 @@ import tracemalloc
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
-# segevery: SegEvery's defaults (batch_size=8: a decoder call takes the prompts of every crop an encoder call
-# ran, so one crop layer's 5 crops make 5 x prompts_per_batch prompts per call); segevery_one_crop_per_call:
-# batch_size=1, i.e. prompts_per_batch=64 prompts per decoder call as SAM's points_per_batch=64 (the same call).
+# segevery: SegEvery's defaults (batch_size=8 crops per encoder call, crops_per_decoder_call=1: prompts_per_batch=64
+# prompts per decoder call, as SAM's points_per_batch=64); segevery_all_crops_per_call: crops_per_decoder_call=None,
+# a decoder call takes the prompts of every crop an encoder call ran (one crop layer's 5 crops: 5 x 64 prompts).
 # fast_four_batches_per_call: the drop-in with batches_per_decoder_call=4 (its default 1 decodes points_per_batch
 # prompts per call, as segment_anything does).
-KINDS = ("sam", "fast", "fast_four_batches_per_call", "segevery", "segevery_one_crop_per_call", "segevery_eager")
+KINDS = ("sam", "fast", "fast_four_batches_per_call", "segevery", "segevery_all_crops_per_call", "segevery_eager")
 # "sam": SAM's geometry (1024 input, 64x64 embeddings, 256x256 low-res masks, Lite-SAM's "litesam" config);
 # "ci": a 128 input (8x8 embeddings, 32x32 low-res masks; Lite-SAM's "tiny" config) for tests/test_memory.py.
 GEOMETRIES = {"sam": (1024, "litesam"), "ci": (128, "tiny")}
@@ -128,8 +128,8 @@ def _generator(kind: str, points_per_side: int, crop_n_layers: int, device: str,
     model = build_litesam(litesam_config).to(device).eval()
     args = dict(points_per_image=points_per_side**2, ppn_score_threshold=0.0, crop_n_layers=crop_n_layers,
                 output_mode="uncompressed_rle", **PERMISSIVE)
-    if kind == "segevery_one_crop_per_call":
-        args["batch_size"] = 1
+    if kind == "segevery_all_crops_per_call":
+        args["crops_per_decoder_call"] = None
     generator = (SegmentEverything.eager_reference(model, **args) if kind == "segevery_eager"
                  else SegmentEverything(model, **args))
     return (lambda image: generator.generate([image])[0]), f"random {litesam_config}, K = {points_per_side}^2 prompts per crop"

@@ -117,7 +117,11 @@ class SegmentEverything:
         min_mask_region_area: SAM 1's post-pass: holes and islands smaller than this (pixels, original
             image) are removed from each mask, then NMS prefers the unchanged masks. 0: off.
         output_mode: "binary_mask" (Fortran-ordered bool numpy), "uncompressed_rle" or "coco_rle" (needs pycocotools).
-        batch_size: crops (images) per encoder call; prompts_per_batch: prompts per crop per decoder call (memory).
+        batch_size: crops (images) per encoder call; prompts_per_batch: prompts per crop per decoder call;
+            crops_per_decoder_call: crops whose prompts one decoder call takes (None: all ``batch_size``). The
+            decoder's activations (about 30 MB per prompt at a 1024 input) set the peak memory: the default 1
+            keeps it at ``prompts_per_batch`` prompts (64: segment_anything's point batch, and below its peak);
+            more crops per call mean fewer, larger decoder calls.
         batched_decoder: False runs SAM's per-prompt decoder path (the eager reference).
         backend: force every ``litesam_kernels.ops`` call of the pipeline onto one backend
             (``"reference"``, ``"triton"``, ``"cuda"``, ``"cpu"``; see ``use_backend``; an op without that
@@ -137,7 +141,8 @@ class SegmentEverything:
                  box_nms_thresh: float = 0.7, nms: str = "box", mask_nms_thresh: float = 0.7,
                  crop_n_layers: int = 0, crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
                  min_mask_region_area: float = 0, output_mode: str = "binary_mask", batch_size: int = 8,
-                 prompts_per_batch: int = 64, batched_decoder: bool = True, backend: Optional[str] = None,
+                 prompts_per_batch: int = 64, crops_per_decoder_call: Optional[int] = 1,
+                 batched_decoder: bool = True, backend: Optional[str] = None,
                  compile=False) -> None:
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}")
@@ -150,6 +155,8 @@ class SegmentEverything:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
         check_positive_ints(points_per_image=points_per_image, batch_size=batch_size,
                             prompts_per_batch=prompts_per_batch)
+        if crops_per_decoder_call is not None:
+            check_positive_ints(crops_per_decoder_call=crops_per_decoder_call)
         check_generator_arguments(
             ppn_score_threshold=ppn_score_threshold, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
@@ -171,7 +178,7 @@ class SegmentEverything:
             small_regions="sam1", multimask_output=self.multimask_output, nms=nms,
             mask_nms_thresh=mask_nms_thresh,
             output_mode=output_mode, prompts_per_decoder_call=prompts_per_batch, crops_per_encoder_call=batch_size,
-            field_types="plain",
+            crops_per_decoder_call=crops_per_decoder_call, field_types="plain",
         )
         self.adapter = LiteSamAdapter(model, batched_decoder=batched_decoder)
         if compile:

@@ -309,6 +309,39 @@ class TestCropsAndSmallRegions:
         deduplicated = segment_everything(model, image, crop_n_layers=1, **options)[0]
         assert 0 < len(deduplicated) < len(records)
 
+    @pytest.mark.parametrize("crops_per_decoder_call", [1, 2])
+    def test_crops_per_decoder_call_bounds_each_decoder_call_not_the_records(self, tiny_model, monkeypatch,
+                                                                            crops_per_decoder_call):
+        """The prompts of crops_per_decoder_call crops per decoder call (the peak memory: tests/test_memory.py);
+        the records are those of one call over every crop of the encoder call (None)."""
+        from litesam_kernels.engine.adapters import LiteSamAdapter
+
+        image = synthetic_photo(90, 120, 7)
+        options = dict(LOOSE, prompt="point", ppn_score_threshold=0.0, points_per_image=24, prompts_per_batch=16,
+                       crop_n_layers=1, batch_size=8, output_mode="uncompressed_rle")
+        calls = []
+        decode = LiteSamAdapter.decode
+
+        def counting(self, encoded, prompts, *args, **kwargs):
+            calls.append([len(p) for p in prompts])
+            return decode(self, encoded, prompts, *args, **kwargs)
+
+        monkeypatch.setattr(LiteSamAdapter, "decode", counting)
+        together = SegmentEverything(tiny_model, crops_per_decoder_call=None, **options).generate([image])[0]
+        assert calls == [[16] * 5, [8] * 5]  # 5 crops (one crop layer) x 24 prompts in chunks of 16
+        calls.clear()
+        bounded = SegmentEverything(tiny_model, crops_per_decoder_call=crops_per_decoder_call,
+                                    **options).generate([image])[0]
+        assert max(len(c) for c in calls) == crops_per_decoder_call
+        assert [n for c in calls for n in c] == [16] * 5 + [8] * 5
+        assert len(bounded) == len(together) > 0
+        for a, b in zip(bounded, together):
+            assert a["segmentation"] == b["segmentation"] and a["crop_box"] == b["crop_box"]
+            assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], rel=1e-5, abs=1e-6)
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(ValueError, match="crops_per_decoder_call"):
+                SegmentEverything(tiny_model, crops_per_decoder_call=bad)
+
     def test_min_mask_region_area_is_sams_postprocess_small_regions(self, tiny_model):
         from segment_anything import SamAutomaticMaskGenerator
         from segment_anything.utils.amg import MaskData

@@ -61,6 +61,9 @@ class EngineOptions:
     mask_threshold: None: the model's (``adapter.mask_threshold``).
     points_per_batch: SAM's point batch: the unit of SAM 1's box-dtype quirk, of the m2m refinement and
         of the unfused resize (memory); None: ``prompts_per_decoder_call``.
+    crops_per_decoder_call: crops whose prompts one decoder call takes (None: every crop of the encoder call).
+        The decoder's activations (about 30 MB per prompt at SAM's 1024 input) set the pipeline's peak
+        memory: 1 keeps it at ``prompts_per_decoder_call`` prompts whatever ``crops_per_encoder_call`` is.
     field_types: the record dtypes of which upstream: "sam1" (segment_anything: int64 boxes and crop boxes,
         float64 points, with its ``torch.cat`` promotions: boxes become float32 when some point batch kept
         no mask after the score filters, crop boxes when some crop kept no mask), "sam2" (``MaskData.to_numpy``
@@ -85,6 +88,7 @@ class EngineOptions:
     prompts_per_decoder_call: int = 256
     points_per_batch: Optional[int] = None
     crops_per_encoder_call: int = 1
+    crops_per_decoder_call: Optional[int] = None
     masks_per_chunk: int = 64
     fused_postprocess: bool = True
     field_types: str = "sam1"
@@ -95,9 +99,10 @@ class EngineOptions:
                               ("field_types", FIELD_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("prompts_per_decoder_call", "crops_per_encoder_call", "masks_per_chunk", "points_per_batch"):
+        for name in ("prompts_per_decoder_call", "crops_per_encoder_call", "masks_per_chunk", "points_per_batch",
+                     "crops_per_decoder_call"):
             value = getattr(self, name)
-            if value is None and name == "points_per_batch":
+            if value is None and name in ("points_per_batch", "crops_per_decoder_call"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -183,7 +188,7 @@ class Engine:
         for start in range(0, max((len(p) for p in prompts), default=0), step):
             active = [c for c in range(len(group)) if len(prompts[c]) > start]
             parts = [p.slice(start, start + step) for p in (prompts[c] for c in active)]
-            outputs = adapter.decode([encoded[c] for c in active], parts, opts.multimask_output)
+            outputs = self._decode([encoded[c] for c in active], parts)
             candidates = []
             for c, part, (low_res, iou) in zip(active, parts, outputs):
                 masks_per_prompt = low_res.shape[1]
@@ -199,6 +204,12 @@ class Engine:
                 kept[c].append({k: v[rows] for k, v in cand.items()})
         return [self._crop_nms(box, encoded[c], prompts[c], kept[c], scored[c])
                 for c, (_, box, _) in enumerate(group)]
+
+    def _decode(self, encoded: List[Encoded], prompts: List[Prompts]):
+        """``adapter.decode`` over ``crops_per_decoder_call`` crops at a time (all at once when None)."""
+        step = self.options.crops_per_decoder_call or len(encoded)
+        return [out for s in range(0, len(encoded), step)
+                for out in self.adapter.decode(encoded[s:s + step], prompts[s:s + step], self.options.multimask_output)]
 
     def _refine(self, encoded: Encoded, prompts: Prompts, low_res: torch.Tensor):
         """SAM 2's m2m pass: every mask re-decoded from its point with its own (clamped) low-res logits as
