@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -150,7 +151,14 @@ def run(options: TrainOptions) -> Path:
     device = dist.device(options.device)
     dist.join(device)
     try:
-        return Trainer(options, dist, device).fit()
+        trainer = Trainer(options, dist, device)
+        path = trainer.fit()
+        dist.barrier()  # every rank is done with its collectives before any leaves the group
+        # DDP's reducer (and any gloo work it still references) goes now: left to the interpreter's exit,
+        # destroying it after the process group aborts the process (SIGABRT, seen under torchrun on CPU).
+        del trainer
+        gc.collect()
+        return path
     finally:
         dist.stop()
 
