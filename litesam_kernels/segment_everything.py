@@ -155,8 +155,6 @@ class SegmentEverything:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
         check_positive_ints(points_per_image=points_per_image, batch_size=batch_size,
                             prompts_per_batch=prompts_per_batch)
-        if crops_per_decoder_call is not None:
-            check_positive_ints(crops_per_decoder_call=crops_per_decoder_call)
         check_generator_arguments(
             ppn_score_threshold=ppn_score_threshold, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,

@@ -9,7 +9,7 @@ import torch
 from litesam_kernels import _backend
 from litesam_kernels._checks import check_int, check_real
 from litesam_kernels.engine.geometry import build_all_layer_point_grids
-from litesam_kernels.engine.pipeline import Engine, EngineOptions
+from litesam_kernels.engine.pipeline import Engine, EngineOptions, check_positive_ints  # noqa: F401 (re-exported)
 from litesam_kernels.engine.prompts import PointGridPrompts
 from litesam_kernels.engine.records import check_output_mode
 
@@ -28,12 +28,6 @@ def check_image(image, name: str = "image") -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {image.shape}")
     return image
-
-
-def check_positive_ints(**values) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 # The generators' number arguments (SAM's names; SegEvery's too): (low, high) for reals (None: unbounded; NaN is

@@ -51,6 +51,13 @@ NMS_MODES = ("box", "mask")
 FIELD_TYPES = ("sam1", "sam2", "plain")
 
 
+def check_positive_ints(**values) -> None:
+    """ValueError naming the first argument that is not a positive int (a bool or a float is not)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Everything the engine does differently per front end (defaults: segment_anything's AMG).
@@ -99,13 +106,10 @@ class EngineOptions:
                               ("field_types", FIELD_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("prompts_per_decoder_call", "crops_per_encoder_call", "masks_per_chunk", "points_per_batch",
-                     "crops_per_decoder_call"):
-            value = getattr(self, name)
-            if value is None and name in ("points_per_batch", "crops_per_decoder_call"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        optional = ("points_per_batch", "crops_per_decoder_call")  # None: see the docstring
+        check_positive_ints(**{name: getattr(self, name) for name in (
+            "prompts_per_decoder_call", "crops_per_encoder_call", "masks_per_chunk", *optional)
+            if not (name in optional and getattr(self, name) is None)})
         if isinstance(self.crop_n_layers, bool) or not isinstance(self.crop_n_layers, (int, np.integer)) \
                 or self.crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be an int >= 0, got {self.crop_n_layers!r}")
