@@ -262,8 +262,11 @@ class Engine:
         opts = self.options
         device = self.adapter.device
         if kept:
+            packed_parts = [d.pop("packed") for d in kept]
             data = {k: torch.cat([d[k] for d in kept]) for k in kept[0]}
+            kept.clear()
         else:  # a crop without prompts
+            packed_parts = None
             h, w = encoded.crop_size
             data = {"packed": torch.zeros((0, h, packed_width(w)), dtype=torch.int32, device=device),
                     "boxes": torch.zeros((0, 4), dtype=torch.int64, device=device),
@@ -271,10 +274,15 @@ class Engine:
                     "point_index": torch.zeros(0, dtype=torch.int64, device=device)}
         if opts.nms == "box":
             keep = stages.sam_batched_nms(data["boxes"].float(), data["iou_preds"], opts.box_nms_thresh)
-        else:
+        else:  # mask NMS reads every candidate's mask: one packed tensor
+            if packed_parts is not None:
+                data["packed"] = torch.cat(packed_parts)
+                packed_parts = None
             keep = ops.mask_nms(data["packed"], data["iou_preds"].float(), opts.mask_nms_thresh,
                                 boxes=data["boxes"], width=encoded.crop_size[1])
         data = {k: v[keep] for k, v in data.items()}
+        if packed_parts is not None:
+            data["packed"] = stages.take_rows(packed_parts, keep)
         points = prompts.record_points[data["point_index"].to(prompts.record_points.device)]
         points = points + crop_offset(crop_box, points.device, points.dtype, xyxy=False)
         all_scored = torch.cat(scored).all().reshape(1) if scored else None
