@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from litesam_kernels.engine import EngineOptions, geometry, stages
+from litesam_kernels.engine import EngineOptions, geometry
 from tests.tiny_sam import scene, tiny_sam
 
 sam_amg = pytest.importorskip("segment_anything.utils.amg")
@@ -175,35 +175,3 @@ class TestOptions:
         with pytest.raises(TypeError, match="Sam"):
             adapter_for(torch.nn.Linear(2, 2))
 
-
-class TestTakeRows:
-    """stages.take_rows: a crop's kept candidate masks gathered from the decoder calls' parts without
-    concatenating them first."""
-
-    @pytest.mark.parametrize("sizes", [(5,), (3, 0, 4, 1), (1, 1, 1), (0, 6)])
-    def test_is_cat_then_index(self, sizes):
-        g = torch.Generator().manual_seed(sum(sizes))
-        parts = [torch.randint(-2**31, 2**31 - 1, (n, 3, 2), dtype=torch.int32, generator=g) for n in sizes]
-        want_cat = torch.cat(parts)
-        for index in (torch.randperm(sum(sizes), generator=g)[: max(sum(sizes) - 2, 0)],  # any order
-                      torch.arange(sum(sizes)), torch.zeros(0, dtype=torch.long)):
-            work = list(parts)
-            got = stages.take_rows(work, index)
-            assert torch.equal(got, want_cat[index]) and got.dtype == torch.int32
-            assert work == []  # the parts were released
-
-    def test_peak_is_the_parts_plus_the_result(self, monkeypatch):
-        """No tensor the size of all parts together is allocated (the concatenation take_rows avoids)."""
-        parts = [torch.full((4, 8, 8), i, dtype=torch.int32) for i in range(6)]
-        index = torch.tensor([21, 3, 9])
-        sizes = []
-        empty = torch.Tensor.new_empty
-
-        def recording(self, size, *args, **kwargs):
-            sizes.append(tuple(size))
-            return empty(self, size, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, "new_empty", recording)
-        monkeypatch.setattr(torch, "cat", lambda *a, **k: pytest.fail("take_rows concatenated its parts"))
-        got = stages.take_rows(parts, index)
-        assert sizes == [(4, 8, 8)] and torch.equal(got[:, 0, 0], torch.tensor([5, 0, 2], dtype=torch.int32))

@@ -8,7 +8,7 @@ inclusive XYXY; NMS suppresses on IoU > threshold.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,27 +46,6 @@ def sam_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: fl
 def crop_nms_scores(crop_boxes: torch.Tensor) -> torch.Tensor:
     """SAM's cross-crop NMS scores: ``1 / box_area(crop box)`` (prefers masks of smaller crops)."""
     return 1 / box_area(crop_boxes)
-
-
-def take_rows(parts: List[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-    """``torch.cat(parts)[index]`` without the concatenation, for distinct ``index`` values: the peak is the
-    parts plus the result, not twice the parts (a crop's candidate masks are most of the engine's memory).
-    Each part's rows are written to their slot of the result (rows not selected, to a spare row dropped at
-    the end) and the part is released from ``parts``, which is left empty. No host wait: the slots are
-    computed on the device."""
-    if len(parts) == 1:
-        return parts.pop()[index]
-    total = sum(part.shape[0] for part in parts)
-    kept = index.shape[0]
-    out = parts[0].new_empty((kept + 1, *parts[0].shape[1:]))
-    slot = torch.full((total,), kept, dtype=torch.long, device=index.device)
-    slot[index] = torch.arange(kept, device=index.device)
-    start = 0
-    while parts:
-        part = parts.pop(0)
-        out[slot[start:start + part.shape[0]]] = part
-        start += part.shape[0]
-    return out[:kept]
 
 
 # ---------------------------------------------------------------------------------------------- filters
