@@ -53,6 +53,32 @@ def _check_against_float64(got, got_grads, want, leaves64, grad, tol):
         assert_close_scaled(g, e, tol)
 
 
+def _check_state_only_when_a_gradient_can_need_it(backend, function, inputs, op_name, run_inference_op):
+    """``function(**inputs)`` runs ``litesam::<op_name>`` (keeping the backward's state) when grad mode is on
+    and any input requires grad, ``litesam::<op_name>_inference`` otherwise, with the same output bit for bit;
+    the inference op has no backward (``run_inference_op(q)`` calls it on a q that requires grad)."""
+    stored, inference = f"litesam.{op_name}.default", f"litesam.{op_name}_inference.default"
+
+    def run(needs_grad=(), grad_mode=True):
+        args = {name: t.detach().requires_grad_(name in needs_grad) for name, t in inputs.items()}
+        recorder = _OpRecorder()
+        with lk.use_backend(backend), torch.set_grad_enabled(grad_mode), recorder:
+            y = function(**args)
+        ops = [op for op in recorder.ops if op in (stored, inference)]
+        assert len(ops) == 1, recorder.ops
+        return ops[0], y.detach()
+
+    want_op, want = run()
+    assert want_op == inference
+    for name in inputs:
+        op, y = run(needs_grad=(name,))
+        assert op == stored, name
+        assert torch.equal(y, want), name
+    assert run(needs_grad=tuple(inputs), grad_mode=False)[0] == inference
+    with lk.use_backend(backend), pytest.raises(RuntimeError, match="no autograd"):
+        run_inference_op(inputs["q"].detach().requires_grad_()).sum().backward()
+
+
 class TestMultiHeadAttention:
     @pytest.mark.parametrize("backend", runnable_backends(ATTN))
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -121,12 +147,27 @@ class TestMultiHeadAttention:
             multi_head_attention(q[0], k, v)
         with pytest.raises(ValueError, match="scale"):
             multi_head_attention(q, k, v, scale=0.0)
+        for op in (torch.ops.litesam.multi_head_attention, torch.ops.litesam.multi_head_attention_inference):
+            with pytest.raises(ValueError, match="k and v"):
+                op(q, k, v[:, :2], 0.25)
 
     @pytest.mark.parametrize("backend", runnable_backends(ATTN))
     def test_opcheck(self, backend):
         q, k, v = _qkv(1, 6, 5, 2, 16, torch.float32, requires_grad=True)
         with lk.use_backend(backend):
             torch.library.opcheck(torch.ops.litesam.multi_head_attention, (q, k, v, 0.25))
+            # not differentiable: opcheck on inputs that need no gradient
+            torch.library.opcheck(torch.ops.litesam.multi_head_attention_inference,
+                                  (q.detach(), k.detach(), v.detach(), 0.25))
+
+    @pytest.mark.parametrize("backend", runnable_backends(ATTN))
+    def test_backward_state_only_when_a_gradient_can_need_it(self, backend):
+        """The log-sum-exp-keeping op runs when grad mode is on and any input requires grad, the inference
+        op otherwise; both give the same output, bit for bit."""
+        q, k, v = _qkv(1, 6, 5, 2, 16, torch.float32)
+        _check_state_only_when_a_gradient_can_need_it(
+            backend, multi_head_attention, {"q": q, "k": k, "v": v}, "multi_head_attention",
+            lambda q: torch.ops.litesam.multi_head_attention_inference(q, k, v, 0.25))
 
 
 class TestMultiHeadAttentionProjected:
@@ -217,29 +258,10 @@ class TestMultiHeadAttentionProjected:
         (no O, no log-sum-exp) otherwise; both give the same output, bit for bit."""
         q, k, v = _qkv(1, 6, 5, 2, 16, torch.float32)
         wproj, bproj, res = _projection(32, 32, 1, 6, torch.float32)
-        inputs = {"q": q, "k": k, "v": v, "wproj": wproj, "bproj": bproj, "residual": res}
-        stored, inference = ("litesam.multi_head_attention_projected.default",
-                             "litesam.multi_head_attention_projected_inference.default")
-
-        def run(needs_grad=(), grad_mode=True):
-            args = {name: t.detach().requires_grad_(name in needs_grad) for name, t in inputs.items()}
-            recorder = _OpRecorder()
-            with lk.use_backend(backend), torch.set_grad_enabled(grad_mode), recorder:
-                y = multi_head_attention_projected(**args)
-            ops = [op for op in recorder.ops if op in (stored, inference)]
-            assert len(ops) == 1, recorder.ops
-            return ops[0], y.detach()
-
-        want_op, want = run()
-        assert want_op == inference
-        for name in inputs:
-            op, y = run(needs_grad=(name,))
-            assert op == stored, name
-            assert torch.equal(y, want), name
-        assert run(needs_grad=tuple(inputs), grad_mode=False)[0] == inference
-        with lk.use_backend(backend), pytest.raises(RuntimeError, match="no autograd"):
-            torch.ops.litesam.multi_head_attention_projected_inference(
-                q.requires_grad_(), k, v, 0.25, wproj, bproj, res).sum().backward()
+        _check_state_only_when_a_gradient_can_need_it(
+            backend, multi_head_attention_projected,
+            {"q": q, "k": k, "v": v, "wproj": wproj, "bproj": bproj, "residual": res}, "multi_head_attention_projected",
+            lambda q: torch.ops.litesam.multi_head_attention_projected_inference(q, k, v, 0.25, wproj, bproj, res))
 
 
 class TestKVPool2d:
@@ -400,7 +422,8 @@ class TestPooledKVAttention:
         with torch.no_grad(), recorder:
             pooled_kv_attention(t, *params, 2, (2, 4), residual=t)
         assert "litesam.multi_head_attention_projected_inference.default" in recorder.ops  # no gradient: no state
-        assert "litesam.multi_head_attention.default" not in recorder.ops
+        assert not {"litesam.multi_head_attention.default", "litesam.multi_head_attention_inference.default"} & set(
+            recorder.ops)
         gemms = [op for op in recorder.ops if op.split(".")[1] in ("mm", "addmm", "bmm", "linear")]
         assert len(gemms) == 2, recorder.ops  # the q and kv projections only
 
@@ -492,9 +515,36 @@ def test_every_attention_configuration(family, bound, index):
 
 
 # The log-sum-exp state (log2 units on Triton, natural log in the reference; values about 5) against float64
-# on the same inputs, max |error|: measured <= 6.3e-7 over every projection configuration with fp16, bf16 and
-# fp32 inputs alike (the scores accumulate in fp32). Bound: about 3x.
+# on the same inputs, max |error|: measured <= 6.3e-7 over every projection configuration and <= 6.8e-7 over
+# every per-head forward configuration, with fp16, bf16 and fp32 inputs alike (the scores accumulate in fp32).
+# Bound: about 3x.
 LSE_ATOL = 2e-6
+
+
+@triton_only
+@pytest.mark.parametrize("family,bound,index", _families("FWD_INFERENCE_CONFIGS"))
+def test_every_attention_inference_configuration(family, bound, index):
+    """Each GPU configuration of the per-head forward without the log-sum-exp, forced under the interpreter on
+    an input of its class (a query tail, a key tail after two full key blocks, two images): the output of the
+    same configuration with the log-sum-exp, bit for bit, and float64's within the half-precision bound."""
+    from litesam_kernels.triton import attention as kernels
+    from litesam_kernels.triton._configs import force_config
+
+    storing = kernels.FWD_CONFIGS.family(bound)
+    assert storing.configs == family.configs
+    dtype, d = _HEAD_CLASS_INPUTS[bound]
+    meta = family.configs[index].meta
+    lq, lk_ = meta["BLOCK_M"] + 5, 2 * meta["BLOCK_N"] + 3
+    q, k, v = _qkv(2, lq, lk_, 2, d, dtype)
+    with lk.use_backend("triton"):
+        with force_config(storing.name, index):
+            out, lse = torch.ops.litesam.multi_head_attention(q, k, v, d ** -0.5)
+        with force_config(family.name, index):
+            got = torch.ops.litesam.multi_head_attention_inference(q, k, v, d ** -0.5)
+    assert torch.equal(got, out)
+    want, want_lse = _attention_reference(*float64_copies([q, k, v]), d ** -0.5)
+    assert_close_scaled(got, want, HALF_TOL.get(dtype, 1e-5))
+    torch.testing.assert_close(lse.double() * math.log(2), want_lse, atol=LSE_ATOL, rtol=0)
 
 
 @triton_only
@@ -529,8 +579,8 @@ def test_every_projection_configuration(family, bound, index):
 
 @triton_only
 def test_prepared_table_and_inference_never_store_the_backward_state(monkeypatch):
-    """The Triton table (the prepared encoder) and the op without a gradient to compute launch only the
-    variant without O and the log-sum-exp; with a gradient the op launches the other."""
+    """The Triton table (the prepared encoder) and the ops without a gradient to compute launch only the
+    variants without the log-sum-exp (and, projected, O); with a gradient the ops launch the others."""
     from litesam_kernels.triton import attention as kernels
 
     def storing(*args, **kwargs):
@@ -540,12 +590,17 @@ def test_prepared_table_and_inference_never_store_the_backward_state(monkeypatch
     wproj, bproj, res = _projection(32, 32, 1, 6, torch.float32)
     proj = fused_ops.LinearWeights(wproj, bproj, bproj)
     monkeypatch.setattr(kernels.PROJ_CONFIGS, "launch", storing)
+    monkeypatch.setattr(kernels.FWD_CONFIGS, "launch", storing)
     with lk.use_backend("triton"):
         fused_ops.TritonOps.attention_projected(proj, q, k, v, 0.25, res)
+        fused_ops.TritonOps.attention(q, k, v, 0.25)
         with torch.no_grad():
             multi_head_attention_projected(q.requires_grad_(), k, v, wproj, bproj, res)
+            multi_head_attention(q, k, v)
         with pytest.raises(AssertionError, match="state-storing"):
             multi_head_attention_projected(q, k, v, wproj, bproj, res)
+        with pytest.raises(AssertionError, match="state-storing"):
+            multi_head_attention(q, k, v)
 
 
 @triton_only

@@ -411,10 +411,6 @@ def dense_entries():
                                         Bad("pool_sizes:empty", "pool_sizes", [], V),
                                         Bad("pool_sizes:floats", "pool_sizes", [2.0], sizes_type),
                                         Bad("x:no rows", "x", torch.zeros(1, 0, 3, 8), V))),
-            Entry(f"{prefix}multi_head_attention", lambda ops=ops, **kw: ops.multi_head_attention(**kw),
-                  lambda: {**attention(), "scale": 0.25}, qkv_rows(op) + real_rows("scale", op=op, low=1e-30)
-                  + (Bad("q:head dim", "q", torch.zeros(2, 7, 2, 24), V), Bad("k:no keys", "k", torch.zeros(2, 0, 2, 16), V,
-                                                                                ("k", "v")))),
             Entry(f"{prefix}pool_mixer_block", lambda ops=ops, **kw: ops.pool_mixer_block(**kw),
                   lambda: dict(x=nhwc(), scale=vec(), shift=vec(), w1=torch.randn(16, 8, generator=g()), b1=vec(16),
                                w2=torch.randn(8, 16, generator=g()), b2=vec(), pool_sizes=[3, 5]),
@@ -426,6 +422,13 @@ def dense_entries():
                   + (Bad("pool_sizes:even", "pool_sizes", [4], V), Bad("pool_sizes:empty", "pool_sizes", [], V),
                      Bad("pool_sizes:floats", "pool_sizes", [3.0], sizes_type))),
         ]
+        per_head = ["multi_head_attention"] + (["multi_head_attention_inference"] if op else [])
+        entries += [
+            Entry(f"{prefix}{name}", lambda ops=ops, name=name, **kw: getattr(ops, name)(**kw),
+                  lambda: {**attention(), "scale": 0.25}, qkv_rows(op) + real_rows("scale", op=op, low=1e-30)
+                  + (Bad("q:head dim", "q", torch.zeros(2, 7, 2, 24), V), Bad("k:no keys", "k", torch.zeros(2, 0, 2, 16), V,
+                                                                                ("k", "v"))))
+            for name in per_head]
         projected = ["multi_head_attention_projected"] + (["multi_head_attention_projected_inference"] if op else [])
         entries += [
             Entry(f"{prefix}{name}", lambda ops=ops, name=name, **kw: getattr(ops, name)(**kw),

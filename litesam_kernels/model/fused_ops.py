@@ -266,7 +266,8 @@ class TritonOps(_DirectOps):
 
     @staticmethod
     def attention(q, k, v, scale):
-        return _kernels().attention.attention_forward(q, k, v, scale)[0]
+        # inference: the kernel variant that does not write the log-sum-exp
+        return _kernels().attention.attention_forward(q, k, v, scale, store_lse=False)[0]
 
     @staticmethod
     def attention_projected(proj, q, k, v, scale, residual):

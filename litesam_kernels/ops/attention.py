@@ -13,10 +13,11 @@
   ``x + PooledKVAttention(LN(x))`` given ``t = LN(x)``; its composition, :func:`compose_pooled_kv_attention`,
   also runs the prepared encoder's op tables (one copy: the prepared path computes what the op computes).
 
-The fused projection's kernel writes the attention output and log-sum-exp (the backward's state) only when
-a gradient can need them (grad mode on and an input requiring grad: ``litesam::multi_head_attention_projected``);
-otherwise ``litesam::multi_head_attention_projected_inference`` runs the variant without them, a quarter less
-traffic.
+The kernels write the backward's state (the log-sum-exp; with the fused projection also the attention
+output) only when a gradient can need it (grad mode on and an input requiring grad:
+``litesam::multi_head_attention``, ``litesam::multi_head_attention_projected``); otherwise
+``litesam::multi_head_attention_inference`` / ``litesam::multi_head_attention_projected_inference`` run the
+variants without it (the projected one: a quarter less traffic).
 
 Pooling happens before the K/V projection, not inside the attention kernel's K/V load: average pooling
 commutes with the affine projection, and projecting the pooled tokens (HW/4 + HW/16 of them) costs 3.2x
@@ -60,13 +61,17 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 
     Returns:
         ``(B, Lq, heads, D)`` contiguous, dtype of ``q``: ``softmax(q k^T * scale, over Lk) v`` per head.
+        Differentiable; the backward's state (the row log-sum-exp) is kept only when grad mode is on and an
+        input requires grad.
 
     Raises:
         TypeError / ValueError for bad types, shapes, devices or scale.
     """
     scale = _scale(q, scale)
     _check_attention(q, k, v, scale)
-    return torch.ops.litesam.multi_head_attention(q, k, v, scale)[0]
+    if _gradient_can_need_state(q, k, v):
+        return torch.ops.litesam.multi_head_attention(q, k, v, scale)[0]
+    return torch.ops.litesam.multi_head_attention_inference(q, k, v, scale)
 
 
 def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wproj: torch.Tensor,
@@ -91,7 +96,7 @@ def multi_head_attention_projected(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     scale = _scale(q, scale)
     _check_attention(q, k, v, scale)
     _check_projection(q, wproj, bproj, residual)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, wproj, bproj, residual)):
+    if _gradient_can_need_state(q, k, v, wproj, bproj, residual):
         return torch.ops.litesam.multi_head_attention_projected(q, k, v, scale, wproj, bproj, residual)[0]
     return torch.ops.litesam.multi_head_attention_projected_inference(q, k, v, scale, wproj, bproj, residual)
 
@@ -159,6 +164,12 @@ def compose_pooled_kv_attention(x_norm, wq, bq, wkv, bkv, wproj, bproj, num_head
     if residual is None:
         return F.linear(out, wproj, bproj)
     return torch.addmm(bproj, out.view(-1, c), wproj.t()).view(b, h, w, c) + residual
+
+
+def _gradient_can_need_state(*inputs) -> bool:
+    """Whether autograd can call the backward: grad mode on and an input (None allowed) requiring grad. Only
+    then do the ops keep the backward's state; otherwise their inference variants run."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -302,17 +313,23 @@ def _use_triton(q) -> bool:
     return q.numel() > 0 and _backend.choose(_ATTENTION, q.device) == "triton"
 
 
-@torch.library.custom_op("litesam::multi_head_attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> List[torch.Tensor]:
-    """Returns [out, logsumexp]: the second is the backward's private state (log2 units on Triton)."""
+def _attention_forward(q, k, v, scale, store_lse: bool) -> List[torch.Tensor]:
+    """The per-head ops' body: [out, logsumexp], or [out] without the backward's state."""
     _check_attention(q, k, v, scale)
     with autocast_off(q.device):
         if _use_triton(q):
             from litesam_kernels.triton.attention import attention_forward
 
-            return list(attention_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale))
-        out, lse = _attention_reference(q, k, v, scale)
-        return [out, lse]
+            out, lse = attention_forward(*(_last_dim_contiguous(t) for t in (q, k, v)), scale, store_lse)
+        else:
+            out, lse = _attention_reference(q, k, v, scale)
+    return [out, lse] if store_lse else [out]
+
+
+@torch.library.custom_op("litesam::multi_head_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> List[torch.Tensor]:
+    """Returns [out, logsumexp]: the second is the backward's private state (log2 units on Triton)."""
+    return _attention_forward(q, k, v, scale, store_lse=True)
 
 
 @_attention_op.register_fake
@@ -321,6 +338,18 @@ def _attention_fake(q, k, v, scale):
     b, lq, nh, _ = q.shape
     return [torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((b, nh, lq), dtype=acc_dtype(q.dtype))]
+
+
+@torch.library.custom_op("litesam::multi_head_attention_inference", mutates_args=())
+def _attention_inference_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """out alone: the kernel variant that does not write the log-sum-exp. Not differentiable (backward
+    raises); :func:`multi_head_attention` takes it when no gradient can be needed."""
+    return _attention_forward(q, k, v, scale, store_lse=False)[0]
+
+
+@_attention_inference_op.register_fake
+def _attention_inference_fake(q, k, v, scale):
+    return _attention_fake(q, k, v, scale)[0]
 
 
 def _check_attention_backward(grad, q, k, v, out, lse, scale) -> None:

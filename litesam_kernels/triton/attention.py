@@ -7,8 +7,8 @@ BLOCK_N with an online softmax in float32, so the Lq x Lk score matrix never exi
 scale is folded into the exponent, ``p = exp2(s * scale * log2(e) - m)`` (one FMA per score, the row max
 tracked in those units), rather than pre-multiplied into q: the instruction count is the same and a 16-bit
 q would take one more rounding. Every key block but the last is loaded and used unmasked; only the tail
-block (when BLOCK_N does not divide Lk) pays for bounds masks. It writes O and the row log-sum-exp (log2
-units, private to the backward).
+block (when BLOCK_N does not divide Lk) pays for bounds masks. It writes O, and the row log-sum-exp (log2
+units, private to the backward) only when the backward can need it (``STORE_LSE``; inference skips it).
 With the projection (``_attn_fwd_proj_kernel``, output channels <= 256, D <= 64): one program owns a query tile of
 one image and walks all heads, accumulating ``y += O_head W_proj[:, head]^T`` on chip; the epilogue adds
 the bias and the residual, so LiteViT's ``x + proj(attention)`` is one launch instead of three. O and the
@@ -47,11 +47,15 @@ def _tiles(block_m, block_n, warps, stages):
 # Per-head kernels: row bytes = element size x D (64: 16-bit D <= 32, LiteViT's D = 32; 256: 16-bit D <= 128
 # or fp32 D <= 64; 1024: fp32 D = 128, fp64). The first entry of a class is its default (the interpreter's).
 # Each configuration was compiled for sm_90a at its class's widest rows (16-bit and fp32): no register spills.
-FWD_CONFIGS = SizedConfigs("attention.fwd", [
+_FWD_CLASSES = [
     (64, [_tiles(128, 64, 4, 3), _tiles(64, 64, 4, 3), _tiles(128, 128, 8, 3), _tiles(64, 128, 4, 2)]),
     (256, [_tiles(128, 64, 8, 3), _tiles(64, 64, 4, 3), _tiles(128, 32, 8, 3)]),
     (1024, [_tiles(64, 32, 4, 2), _tiles(64, 64, 8, 2), _tiles(32, 64, 8, 2)]),
-])
+]
+# Two variants of the per-head forward, tuned and compiled apart: with the log-sum-exp (STORE_LSE=True) for
+# autograd, without it for inference.
+FWD_CONFIGS = SizedConfigs("attention.fwd", _FWD_CLASSES)
+FWD_INFERENCE_CONFIGS = SizedConfigs("attention.fwd_inference", _FWD_CLASSES)
 # The fused projection (D <= 64): row bytes = element size x padded output channels (256: 16-bit C <= 128,
 # LiteViT's C = 128; 512: 16-bit C = 256 or fp32 C = 128; 2048: fp32 C = 256, fp64). Fewer, taller programs
 # than the per-head kernel (one per query tile and image): small query tiles keep a batch-1 image's 4096
@@ -147,24 +151,28 @@ def _query_tile(Lq, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D: tl.constexpr):
+def _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D: tl.constexpr, STORE_LSE: tl.constexpr):
+    """O of one head into contiguous (B, Lq, NH, D); its log-sum-exp into (B, NH, Lq) when STORE_LSE."""
     offs_d = tl.arange(0, D)
     o_offs = ((b.to(tl.int64) * Lq + offs_m) * NH + hd)[:, None] * D + offs_d[None, :]
     tl.store(o_ptr + o_offs, o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
-    tl.store(lse_ptr + (b.to(tl.int64) * NH + hd) * Lq + offs_m, lse, mask=m_ok)
+    if STORE_LSE:
+        tl.store(lse_ptr + (b.to(tl.int64) * NH + hd) * Lq + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
-                     Lq, Lk, NH, qk_scale, PREC: tl.constexpr, D: tl.constexpr,
+                     Lq, Lk, NH, qk_scale, STORE_LSE: tl.constexpr, PREC: tl.constexpr, D: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """lse_ptr: the accumulation dtype's log-sum-exp (B, NH, Lq), written only when STORE_LSE (the backward's
+    state); without it, any pointer of that dtype (it sets the accumulation dtype, nothing is read or written)."""
     bh, offs_m, m_ok = _query_tile(Lq, BLOCK_M)
     b = bh // NH
     hd = bh % NH
     o, lse = _attend(q_ptr + b.to(tl.int64) * sqb + hd * sqh, k_ptr + b.to(tl.int64) * skb + hd * skh,
                      v_ptr + b.to(tl.int64) * svb + hd * svh, sql, skl, svl, offs_m, m_ok, Lk, qk_scale,
                      lse_ptr.dtype.element_ty, PREC, D, BLOCK_M, BLOCK_N)
-    _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D)
+    _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D, STORE_LSE)
 
 
 @triton.jit
@@ -183,7 +191,7 @@ def _attn_fwd_proj_kernel(q_ptr, k_ptr, v_ptr, wp_ptr, bp_ptr, res_ptr, o_ptr, l
                          v_ptr + b.to(tl.int64) * svb + hd * svh, sql, skl, svl, offs_m, m_ok, Lk, qk_scale,
                          ACC, PREC, D, BLOCK_M, BLOCK_N)
         if STORE_STATE:  # only the backward reads them
-            _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D)
+            _store_head(o_ptr, lse_ptr, o, lse, b, hd, offs_m, m_ok, Lq, NH, D, True)
         # W_proj[:, head columns]^T as [D, BLOCK_C]: y[m, c] += sum_j O[m, j] W_proj[c, head * D + j]
         wp = tl.load(wp_ptr + cs[None, :] * (NH * D) + hd * D + offs_d[:, None], mask=c_ok[None, :], other=0.0)
         y += tl.dot(o.to(q_ptr.dtype.element_ty), wp, input_precision=PREC, out_dtype=ACC)
@@ -395,20 +403,23 @@ def _tune_key(q, k, *extra):
     return (size_bucket(b), size_bucket(lq), size_bucket(k.shape[1]), nh, d, q.dtype, *extra)
 
 
-def attention_forward(q, k, v, scale):
-    """q (B, Lq, NH, D), k/v (B, Lk, NH, D), last dim contiguous -> (o contiguous, lse2 (B, NH, Lq))."""
+def attention_forward(q, k, v, scale, store_lse=True):
+    """q (B, Lq, NH, D), k/v (B, Lk, NH, D), last dim contiguous -> (o contiguous, lse2 (B, NH, Lq)). lse2 is
+    the backward's state: with ``store_lse=False`` (inference) the kernel does not write it and it is None."""
     b, lq, nh, d = q.shape
     o = torch.empty(b, lq, nh, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, nh, lq, dtype=_acc(q.dtype), device=q.device)
+    # without the state, an empty tensor of the accumulation dtype stands in (the kernel takes its dtype only)
+    lse = torch.empty((b, nh, lq) if store_lse else (0,), dtype=_acc(q.dtype), device=q.device)
     prec = dot_precision(q.dtype, "matmul")
 
     def run(config):
         grid = query_tile_grid(b * nh, lq, config.meta["BLOCK_M"])
         _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), lq, k.shape[1], nh,
-                               scale * LOG2E, PREC=prec, D=d, **config.kwargs())
+                               scale * LOG2E, STORE_LSE=store_lse, PREC=prec, D=d, **config.kwargs())
 
-    FWD_CONFIGS.launch(row_bytes(q.dtype, d), _tune_key(q, k, prec), run)
-    return o, lse
+    configs = FWD_CONFIGS if store_lse else FWD_INFERENCE_CONFIGS
+    configs.launch(row_bytes(q.dtype, d), _tune_key(q, k, prec), run)
+    return o, lse if store_lse else None
 
 
 def attention_projected_forward(q, k, v, scale, wproj, bproj, residual, store_state=True):
@@ -509,7 +520,8 @@ def _attention_entries(torch_dtype, d, cout):
     const = {"PREC": "tf32", "D": d}  # fp32 as TF32: the tensor-core variant (allow_tf32); 16-bit ignore it
     tail = {"Lq": "i32:16", "Lk": "i32:16", "NH": "i32", "qk_scale": "fp32"}
     constexprs = {k: "constexpr" for k in ("PREC", "D", "BLOCK_M", "BLOCK_N")}
-    fwd = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": acc, **_STRIDES, **tail, **constexprs}
+    fwd = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": acc, **_STRIDES, **tail,
+           "STORE_LSE": "constexpr", **constexprs}
     proj = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "wp_ptr": ptr, "bp_ptr": acc, "res_ptr": ptr, "o_ptr": ptr,
             "lse_ptr": acc, "y_ptr": ptr, **_STRIDES, **tail, "COUT": "i32:16",
             **{k: "constexpr" for k in ("HAS_RES", "STORE_STATE", "BLOCK_C")}, **constexprs}
@@ -521,7 +533,9 @@ def _attention_entries(torch_dtype, d, cout):
     projected = [e for configs, store in ((PROJ_CONFIGS, True), (PROJ_INFERENCE_CONFIGS, False))
                  for e in configs.family(row_bytes(torch_dtype, block_c)).aot_entries(
                      _attn_fwd_proj_kernel, proj, {**const, "HAS_RES": True, "STORE_STATE": store, "BLOCK_C": block_c})]
-    return (FWD_CONFIGS.family(head).aot_entries(_attn_fwd_kernel, fwd, const) + projected
+    per_head = [e for configs, store in ((FWD_CONFIGS, True), (FWD_INFERENCE_CONFIGS, False))
+                for e in configs.family(head).aot_entries(_attn_fwd_kernel, fwd, {**const, "STORE_LSE": store})]
+    return (per_head + projected
             + DQ_CONFIGS.family(head).aot_entries(_attn_bwd_dq_kernel, dq, const)
             + DKV_CONFIGS.family(head).aot_entries(_attn_bwd_dkv_kernel, dkv, const))
 
