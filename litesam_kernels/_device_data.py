@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Dict, Hashable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 
@@ -118,7 +119,10 @@ def device_constants(values: Sequence, dtype: torch.dtype, device) -> torch.Tens
 
 def host_to_device(data, device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``torch.as_tensor(data, dtype=dtype)`` on the host, copied to ``device`` without a host wait (see the
-    module docstring); the tensor itself on a CPU ``device``."""
+    module docstring); the tensor itself on a CPU ``device``. A read-only numpy array (``np.asarray`` of a
+    PIL image, a memory map) is copied first: a tensor must not alias memory torch may not write."""
+    if isinstance(data, np.ndarray) and not data.flags.writeable:
+        data = data.copy()
     host = torch.as_tensor(data, dtype=dtype)
     return host.to(device, non_blocking=True)
 

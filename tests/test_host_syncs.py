@@ -15,6 +15,7 @@ intended sync points allowed.
 """
 import contextlib
 import sys
+import warnings
 import weakref
 
 import numpy as np
@@ -227,6 +228,15 @@ class TestDeviceData:
         got = _device_data.host_to_device(np.array([[1.5, 2.0]]), "cpu", torch.float32)
         assert got.dtype == torch.float32 and got.tolist() == [[1.5, 2.0]]
         assert _device_data.host_to_device([[1, 2]], "cpu").dtype == torch.int64
+
+    def test_host_to_device_of_a_read_only_array_copies_it_without_a_warning(self):
+        image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+        image.flags.writeable = False  # as np.asarray(PIL image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = _device_data.host_to_device(image, "cpu")
+        got += 1  # its own memory
+        assert got.tolist() == (image + 1).tolist() and image[0, 0, 0] == 0
 
 
 @pytest.mark.gpu
