@@ -243,6 +243,25 @@ def test_two_process_torchrun_distill_step_equals_one_process(work, distilled):
     assert running and any(not torch.equal(a[k], start[k]) for k in running)  # batch statistics were used
 
 
+def test_two_process_torchrun_compiled_distill_with_sync_bn(work, distilled):
+    """--compile with distillation's --bn sync under torchrun (aot_eager: what inductor would compile, without
+    a C++ compiler run): the all-reduced BatchNorm statistics inside the compiled objective give the steps of
+    one eager process with the global batch."""
+    common = ["--init", work.checkpoint("distill"), "--warmup-steps", "0", "--lr", "1e-3"]
+    assert train_main(work.args("distill", "eager_one_process", 2, *common)) == 0
+    ddp = work.args("distill", "compiled_two_processes", 2, *common, "--compile", "--compile-backend", "aot_eager")
+    ddp[ddp.index("--batch-size") + 1] = "1"
+    torchrun(ddp)
+    one, two = log_rows(work.root / "eager_one_process"), log_rows(work.root / "compiled_two_processes")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5), a["step"]
+    state = training_state(work.checkpoint("compiled_two_processes"))
+    assert state["world_size"] == 2 and state["options"]["bn"] == "sync" and state["options"]["compile"]
+    assert_same_steps(work.checkpoint("eager_one_process"), work.checkpoint("compiled_two_processes"), lr=1e-3,
+                      tight=2e-5)
+
+
 # ---------------------------------------------------------------------------------------------- precision, compile
 @pytest.fixture(scope="module")
 def three_fp32_steps(work, distilled):
@@ -372,3 +391,4 @@ def test_eval_against_the_teacher_masks_and_coco(work, finetuned, tmp_path, caps
     assert report["coco"]["AP50"] == pytest.approx(1.0) and report["coco"]["AP"] == pytest.approx(1.0)
     assert evaluation.main([work.checkpoint("finetune"), "--images", str(work.images)]) == 2
     assert "give --teacher" in capsys.readouterr().err
+

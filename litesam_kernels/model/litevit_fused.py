@@ -13,9 +13,9 @@ Same parameters, same math as the eager modules in ``litevit.py`` (this file onl
 Multi-rank batch statistics. A BatchNorm marked by :func:`synchronise_batch_statistics` (``litesam-train
 --bn sync``), or one that is an ``nn.SyncBatchNorm``, combines its batch statistics over the ranks (the
 world; an ``nn.SyncBatchNorm``'s own process group) while torch.distributed runs with more than one rank:
-mean and biased variance of all ranks' batches together, all-reduced differentiably
-(``torch.distributed.nn.functional.all_reduce``, so each rank's gradient holds the other ranks' terms), the
-running statistics updated with the global count as ``nn.SyncBatchNorm`` does. N ranks then compute what one
+mean and biased variance of all ranks' batches together, all-reduced differentiably (the functional
+collective ``all_reduce``, so each rank's gradient holds the other ranks' terms, under ``torch.compile`` too),
+the running statistics updated with the global count as ``nn.SyncBatchNorm`` does. N ranks then compute what one
 process holding their batches computes (up to summation order), on any backend: gloo on CPU too, where
 ``nn.SyncBatchNorm``'s own forward and DistributedDataParallel refuse it. Any other BatchNorm, and every
 BatchNorm of a single process, uses this process's batch only. (The eager modules ignore the mark.)
@@ -122,12 +122,15 @@ def batch_statistics(x: torch.Tensor, group=None):
     rows = x.reshape(-1, x.shape[-1])
     if group is None:
         return rows.mean(0), rows.var(0, unbiased=False), rows.new_full((), float(rows.shape[0]))
-    from torch.distributed.nn.functional import all_reduce
+    # The functional collective (differentiable: its backward all-reduces the gradient), not
+    # torch.distributed.nn.functional.all_reduce: under torch.compile the latter's forward ran but the
+    # gradient through it did not match eager (tests/test_train_runs.py: the second step's loss differed).
+    from torch.distributed import _functional_collectives as collectives
 
-    sums = all_reduce(torch.cat([rows.sum(0), rows.new_full((1,), float(rows.shape[0]))]), group=group)
+    sums = collectives.all_reduce(torch.cat([rows.sum(0), rows.new_full((1,), float(rows.shape[0]))]), "sum", group)
     count = sums[-1]
     mean = sums[:-1] / count
-    var = all_reduce((rows - mean).square().sum(0), group=group) / count
+    var = collectives.all_reduce((rows - mean).square().sum(0), "sum", group) / count
     return mean, var, count.detach()
 
 
