@@ -3,8 +3,7 @@
 On a GPU ``torch.tensor(values, device=cuda)`` / ``torch.as_tensor(array, device=cuda)`` / a blocking
 ``cpu_tensor.to(cuda)`` wait for every queued kernel (cudaMemcpyAsync + cudaStreamSynchronize), and reading a
 device value on the host (``tolist``, ``item``, ``bool``, ``nonzero``, a boolean-mask index, ...) waits too.
-The engine means to wait once per decoder call (``pipeline.survivor_counts``), inside the NMS of each crop
-(its keep list, and ``pipeline.kept_run_total``: the size of the kept masks),
+The engine means to wait once per decoder call (``pipeline.survivor_counts``), inside the NMS of each crop,
 and per image when it finishes the image's records.
 
 On CPU no copy waits, so :class:`HostTransferLedger` (a ``TorchFunctionMode``) records the calls that would
@@ -114,20 +113,6 @@ def counting_decoder_calls(monkeypatch):
     yield calls
 
 
-@contextlib.contextmanager
-def counting_crops(monkeypatch):
-    """Counts the crop NMS calls (one ``kept_run_total`` each)."""
-    crops = []
-    real = Engine._crop_nms
-
-    def spy(self, crop_box, *args, **kwargs):
-        crops.append(crop_box)
-        return real(self, crop_box, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "_crop_nms", spy)
-    yield crops
-
-
 # Each front end with several decoder calls (small point batches) and, but for SAM 2 (one encoder pass at
 # 512 px is the CPU budget), one crop layer: a ``generate()`` callable on ``device``.
 def sam1_generate(device="cpu"):
@@ -172,17 +157,14 @@ class TestEngineHostTransfers:
         if front_end == "sam2":
             pytest.importorskip("sam2")
         generate = FRONT_ENDS[front_end]()
-        with counting_decoder_calls(monkeypatch) as calls, counting_crops(monkeypatch) as crops, \
-                HostTransferLedger() as ledger:
+        with counting_decoder_calls(monkeypatch) as calls, HostTransferLedger() as ledger:
             records = generate()
         assert records and len(calls) >= 2  # several decoder calls (and crops, but for sam2)
         # No host data reaches the device with a wait anywhere in the engine, per call, crop or image.
         assert [e for e in ledger.engine_events() if e[0] == "h2d"] == []
-        # In the per-crop loop the engine itself reads the device once per decoder call, in survivor_counts,
-        # and once per crop after its NMS (the size of the kept masks' runs), in kept_run_total.
+        # In the per-crop loop the engine itself reads the device once per decoder call, in survivor_counts.
         loop_reads = [e[1] for e in ledger.engine_events("loop") if e[0] == "read"]
-        per_call, per_crop = (f"litesam_kernels.engine.pipeline:{name}" for name in ("survivor_counts", "kept_run_total"))
-        assert sorted(loop_reads) == sorted([per_call] * len(calls) + [per_crop] * len(crops)), loop_reads
+        assert loop_reads == ["litesam_kernels.engine.pipeline:survivor_counts"] * len(calls), loop_reads
 
     def test_the_ledger_sees_what_waits(self):
         """The detector itself: the calls that wait on a GPU are recorded, their non-blocking forms are not."""

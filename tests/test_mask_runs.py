@@ -3,8 +3,8 @@ sizes the pipeline reads on the host given to it (nothing here waits)."""
 import pytest
 import torch
 
-from litesam_kernels.engine.mask_runs import (cat_runs, empty_runs, pack_runs, run_starts, runs_nbytes, take_runs,
-                                              unpack_runs)
+from litesam_kernels.engine.mask_runs import (MaskRuns, compact_masks, pack_runs, run_starts, runs_nbytes,
+                                              take_masks, unpack_runs)
 from litesam_kernels.ops.bitmask import pack_masks
 
 
@@ -50,21 +50,22 @@ class TestMaskRuns:
         assert 1 < counts[2] <= 4 * 32 + 1  # a blob: about four runs per row it covers
         assert counts[3] > 32 * 3 * 0.9  # noise: nearly every word starts a run
 
-    def test_take_runs_is_index_of_the_masks(self):
-        packed = _masks(10, 20, 50, seed=3)
-        runs = _runs(packed)
-        for index in (torch.tensor([7, 2, 3]), torch.tensor([9]), torch.arange(10), torch.zeros(0, dtype=torch.long)):
-            kept = take_runs(runs, index, int(runs.counts[index].sum()))
-            assert torch.equal(unpack_runs(kept, torch.arange(len(index))), packed[index])
-            assert torch.equal(kept.keys, kept.keys.sort().values)  # stays searchable
+    def test_take_masks_is_cat_then_index(self):
+        """The crop NMS's gather over the decoder calls' parts, packed and runs mixed, without concatenating."""
+        packed = [_masks(n, 12, 40, seed=n) for n in (3, 0, 5, 1)]
+        want = torch.cat(packed)
+        for index in (torch.tensor([7, 2, 3]), torch.arange(9).flip(0), torch.zeros(0, dtype=torch.long)):
+            parts = [_runs(p) if i % 2 else p for i, p in enumerate(packed)]
+            got = take_masks(parts, index)
+            assert torch.equal(got, want[index]) and got.dtype == torch.int32 and parts == []
 
-    def test_cat_runs_is_cat_of_the_masks(self):
-        parts = [_masks(n, 12, 40, seed=n) for n in (3, 0, 5, 1)]
-        runs = cat_runs([_runs(p) for p in parts] + [empty_runs((12, 2), "cpu")])
-        want = torch.cat(parts)
-        assert len(runs) == 9 and torch.equal(unpack_runs(runs, torch.arange(9)), want)
-        with pytest.raises(ValueError, match="one shape"):
-            cat_runs([_runs(_masks(2, 12, 40)), _runs(_masks(2, 13, 40))])
+    def test_compact_masks_keeps_the_smaller_form(self):
+        smooth = _masks(3, 64, 1024)[:2]  # empty, full
+        stored = compact_masks(smooth, run_starts(smooth), int(run_starts(smooth).sum()))
+        assert isinstance(stored, MaskRuns) and runs_nbytes(stored) < smooth.numel() * 4 / 100
+        noise = _masks(4, 64, 1024)[3:]
+        stored = compact_masks(noise, run_starts(noise), int(run_starts(noise).sum()))
+        assert stored is noise  # its runs would take about 3x the packed words
 
     def test_survivor_rows_only(self):
         """pack_runs of selected rows with their own run starts: the pipeline's compaction."""

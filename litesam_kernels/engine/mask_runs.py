@@ -1,23 +1,26 @@
-"""A crop's candidate masks between its decoder calls and its NMS: bit-packed masks stored as runs of equal
-32-bit words.
+"""A crop's candidate masks between its decoder calls and its NMS: bit-packed masks, or runs of equal 32-bit
+words where those are smaller.
 
 Bit-packed masks (``ops.bitmask``: ``(n, h, ceil(w / 32))`` int32) cost ``h * w / 8`` bytes each whatever
 they show: 128 KB at 1024², and a crop of SAM's 64 x 64 point grid makes 12 288 candidates before its NMS
 keeps a few of them. segment_anything keeps its candidates as RLE count lists; here each mask's words, in
 row-major order, are stored as runs of equal words, 12 bytes a run (the word and the run's start): an empty
 or a full mask is one run, a blob about four per row it covers (the zero words between rows merge). The
-worst case, no two neighbouring words equal (noise), is 3x the packed size. Lossless: :func:`unpack_runs`
-returns the packed words exactly.
+worst case, no two neighbouring words equal (texture, noise), is 3x the packed size, so
+:func:`compact_masks` keeps each decoder call's survivors in whichever form is smaller. Lossless:
+:func:`unpack_runs` returns the packed words exactly.
 
-The sizes that depend on the data (runs of the survivors of a decoder call, of the masks a crop NMS keeps)
-are read on the host by the pipeline, in the waits it makes anyway; nothing here waits for the device.
+The sizes that depend on the data (the runs of a decoder call's survivors) are read on the host by the
+pipeline in the wait it makes anyway; nothing here waits for the device.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Tuple, Union
 
 import torch
+
+_RUN_NBYTES = 12  # an int32 word and its int64 key
 
 
 @dataclass
@@ -54,41 +57,6 @@ def pack_runs(packed: torch.Tensor, starts: torch.Tensor, total_runs: int) -> Ma
     return MaskRuns(packed.reshape(-1)[where], where, starts.sum(1), (h, words))
 
 
-def cat_runs(parts: Sequence[MaskRuns]) -> MaskRuns:
-    """The masks of every part, in order (parts of one shape)."""
-    shape = parts[0].shape
-    if any(p.shape != shape for p in parts):
-        raise ValueError(f"cat_runs takes masks of one shape, got {sorted({p.shape for p in parts})}")
-    offsets, masks = [], 0
-    for part in parts:
-        offsets.append(masks * parts[0].words_per_mask)
-        masks += len(part)
-    return MaskRuns(torch.cat([p.words for p in parts]), torch.cat([p.keys + o for p, o in zip(parts, offsets)]),
-                    torch.cat([p.counts for p in parts]), shape)
-
-
-def empty_runs(shape: Tuple[int, int], device) -> MaskRuns:
-    return MaskRuns(torch.zeros(0, dtype=torch.int32, device=device), torch.zeros(0, dtype=torch.long, device=device),
-                    torch.zeros(0, dtype=torch.long, device=device), tuple(shape))
-
-
-def _first_runs(counts: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(counts, 0) - counts
-
-
-def take_runs(runs: MaskRuns, index: torch.Tensor, total_runs: int) -> MaskRuns:
-    """The masks ``index`` (on the device) as a new :class:`MaskRuns`; ``total_runs`` is
-    ``runs.counts[index].sum()``, read on the host by the caller."""
-    counts = runs.counts[index]
-    device = counts.device
-    mask_of_run = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts,
-                                          output_size=total_runs)
-    source = (_first_runs(runs.counts)[index] - _first_runs(counts))[mask_of_run] + torch.arange(total_runs, device=device)
-    step = runs.words_per_mask
-    keys = runs.keys[source] + (mask_of_run - index[mask_of_run]) * step
-    return MaskRuns(runs.words[source], keys, counts, runs.shape)
-
-
 def unpack_runs(runs: MaskRuns, index: torch.Tensor) -> torch.Tensor:
     """The packed masks ``index`` (any order, repeats allowed): ``(len(index), h, words)`` int32. Each word
     is the word of the last run that starts at or before it (a sorted search over the runs' keys)."""
@@ -103,5 +71,45 @@ def runs_nbytes(runs: MaskRuns) -> int:
     return sum(t.numel() * t.element_size() for t in (runs.words, runs.keys, runs.counts))
 
 
-__all__: List[str] = ["MaskRuns", "cat_runs", "empty_runs", "pack_runs", "run_starts", "runs_nbytes", "take_runs",
-                      "unpack_runs"]
+def _packed_nbytes(count: int, words_per_mask: int) -> int:
+    return count * words_per_mask * 4
+
+
+def compact_masks(packed: torch.Tensor, starts: torch.Tensor, total_runs: int) -> Union[torch.Tensor, MaskRuns]:
+    """The smaller of the packed masks themselves and their runs (``starts = run_starts(packed)``,
+    ``total_runs`` its sum, read on the host by the caller): runs for empty, full and smooth masks, the
+    packed words for textured ones, so a stored mask never takes more than its packed size."""
+    n, h, words = packed.shape
+    if total_runs * _RUN_NBYTES + n * 8 >= _packed_nbytes(n, h * words):
+        return packed
+    return pack_runs(packed, starts, total_runs)
+
+
+def unpack_all(masks: Union[torch.Tensor, MaskRuns]) -> torch.Tensor:
+    """Packed ``(n, h, words)`` masks of a :func:`compact_masks` result."""
+    if isinstance(masks, MaskRuns):
+        return unpack_runs(masks, torch.arange(len(masks), device=masks.counts.device))
+    return masks
+
+
+def take_masks(parts: List[Union[torch.Tensor, MaskRuns]], index: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([unpack_all(p) for p in parts])[index]`` for distinct ``index`` values, without the
+    concatenation: each part is unpacked on its own, its rows written to their slot of the result (rows not
+    selected to a spare row dropped at the end), and released from ``parts``, which is left empty. The peak
+    is the stored parts, one unpacked part and the result; no host wait (the slots are computed on the
+    device)."""
+    kept = index.shape[0]
+    first = unpack_all(parts[0])
+    out = first.new_empty((kept + 1, *first.shape[1:]))
+    slot = torch.full((sum(len(p) for p in parts),), kept, dtype=torch.long, device=index.device)
+    slot[index] = torch.arange(kept, device=index.device)
+    start = 0
+    while parts:
+        part = unpack_all(parts.pop(0))
+        out[slot[start:start + part.shape[0]]] = part
+        start += part.shape[0]
+    return out[:kept]
+
+
+__all__: List[str] = ["MaskRuns", "compact_masks", "pack_runs", "run_starts", "runs_nbytes", "take_masks",
+                      "unpack_all", "unpack_runs"]

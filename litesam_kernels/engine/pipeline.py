@@ -12,12 +12,11 @@ Per image (SAM's ``SamAutomaticMaskGenerator._generate_masks``, which SAM 2 and 
    threshold, stability, box, area); SAM 2's ``min_mask_region_area`` fills holes / sprinkles on the low-res
    logits first (``ops.small_regions.fill_small_regions``);
 4. filters (``iou > pred_iou_thresh``, ``stability >= stability_score_thresh``, prompt padding, the
-   crop-edge test), then compaction of the survivors, their masks as runs of equal packed words
-   (``mask_runs``): **one host wait per decoder call** (:func:`survivor_counts`, the survivor counts of its
+   crop-edge test), then compaction of the survivors, their masks packed or as runs of equal packed words,
+   whichever is smaller (``mask_runs``): **one host wait per decoder call** (:func:`survivor_counts`, the survivor counts of its
    crops and the sizes of their runs);
 5. NMS within the crop (box NMS with torchvision's exact order, or mask NMS; the NMS waits once for its
-   keep list, and :func:`kept_run_total` once for the size of the kept masks), boxes and points to the
-   image frame;
+   keep list), the kept masks unpacked into one packed tensor, boxes and points to the image frame;
 6. when all crops of an image are done: NMS across crops (scores 1 / crop area), SAM 1's small-region pass
    (``min_mask_region_area``: holes then islands on the full-resolution masks, then NMS), image-frame masks
    ``masks_per_chunk`` at a time -> RLE run lengths on the device (or the packed masks themselves), and one
@@ -28,10 +27,10 @@ connected components). Nothing else in the loops copies host data with a wait: c
 thresholds are cached device constants, host data (point grids, images, sizes) is copied ``non_blocking``
 (``litesam_kernels._device_data``); ``tests/test_host_syncs.py`` counts them.
 
-Masks stay bit-packed in their crop's frame from step 3 on (32x smaller than bool), and from step 4 until
-the image's records as runs of equal words (one run for an empty or full mask, about four per row a blob
-covers: a crop's candidates wait for its NMS in about what segment_anything's RLE lists take, not 128 KB
-each at 1024²); full-resolution float logits exist only in the unfused path, one point batch at a time.
+Masks stay bit-packed in their crop's frame from step 3 on (32x smaller than bool); a crop's candidates wait
+for its NMS as runs of equal words where that is smaller (one run for an empty or full mask, about four per
+row a blob covers, rather than 128 KB each at 1024²); full-resolution float logits exist only in the unfused
+path, one point batch at a time.
 """
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ from litesam_kernels.engine import records as rec
 from litesam_kernels.engine import stages
 from litesam_kernels.engine.adapters import Encoded, Prompts
 from litesam_kernels.engine.geometry import crop_offset, generate_crop_boxes, is_box_near_crop_edge
-from litesam_kernels.engine.mask_runs import (MaskRuns, cat_runs, empty_runs, pack_runs, run_starts, take_runs,
-                                              unpack_runs)
+from litesam_kernels.engine.mask_runs import compact_masks, run_starts, take_masks, unpack_all
 from litesam_kernels.ops.bitmask import packed_width, unpack_masks
 from litesam_kernels.ops.small_regions import fill_small_regions
 
@@ -125,11 +123,10 @@ class EngineOptions:
 
 @dataclass
 class CropMasks:
-    """The masks one crop kept after its NMS: bit-packed in the crop frame, as runs of equal words
-    (``mask_runs``), everything else image frame."""
+    """The masks one crop kept after its NMS: bit-packed in the crop frame, everything else image frame."""
 
     crop_box: Tuple[int, int, int, int]
-    masks: MaskRuns          # K masks of (crop_h, ceil(crop_w / 32)) int32 words
+    packed: torch.Tensor     # (K, crop_h, ceil(crop_w / 32)) int32
     boxes: torch.Tensor      # (K, 4) int64 XYXY inclusive
     iou_preds: torch.Tensor  # (K,)
     stability: torch.Tensor  # (K,) float32
@@ -146,9 +143,6 @@ def survivor_counts(valid: Sequence[torch.Tensor], runs: Sequence[torch.Tensor])
     return [tuple(pair) for pair in totals.tolist()]
 
 
-def kept_run_total(masks: MaskRuns, keep: torch.Tensor) -> int:
-    """The host wait of a crop NMS after its keep list: how many word runs the kept masks take."""
-    return int(masks.counts[keep].sum())
 
 
 class Engine:
@@ -220,7 +214,7 @@ class Engine:
                     scored[c].append(cand.pop("scored"))
                 valid, packed = cand.pop("valid"), cand.pop("packed")
                 rows = torch.nonzero_static(valid, size=count).squeeze(1)
-                kept[c].append({"masks": pack_runs(packed[rows], start[rows], runs),
+                kept[c].append({"masks": compact_masks(packed[rows], start[rows], runs),
                                 **{k: v[rows] for k, v in cand.items()}})
         return [self._crop_nms(box, encoded[c], prompts[c], kept[c], scored[c])
                 for c, (_, box, _) in enumerate(group)]
@@ -277,35 +271,35 @@ class Engine:
                   scored: List[torch.Tensor]) -> CropMasks:
         opts = self.options
         device = self.adapter.device
+        h, w = encoded.crop_size
+        masks = [d.pop("masks") for d in kept] or [torch.zeros((0, h, packed_width(w)), dtype=torch.int32,
+                                                               device=device)]
         if kept:
-            masks = cat_runs([d.pop("masks") for d in kept])
             data = {k: torch.cat([d[k] for d in kept]) for k in kept[0]}
             kept.clear()
         else:  # a crop without prompts
-            h, w = encoded.crop_size
-            masks = empty_runs((h, packed_width(w)), device)
             data = {"boxes": torch.zeros((0, 4), dtype=torch.int64, device=device),
                     "iou_preds": torch.zeros(0, device=device), "stability": torch.zeros(0, device=device),
                     "point_index": torch.zeros(0, dtype=torch.int64, device=device)}
         if opts.nms == "box":
             keep = stages.sam_batched_nms(data["boxes"].float(), data["iou_preds"], opts.box_nms_thresh)
         else:  # mask NMS reads every candidate's packed mask
-            keep = ops.mask_nms(unpack_runs(masks, torch.arange(len(masks), device=masks.counts.device)),
-                                data["iou_preds"].float(), opts.mask_nms_thresh, boxes=data["boxes"],
-                                width=encoded.crop_size[1])
+            masks = [torch.cat([unpack_all(m) for m in masks])]
+            keep = ops.mask_nms(masks[0], data["iou_preds"].float(), opts.mask_nms_thresh, boxes=data["boxes"],
+                                width=w)
         data = {k: v[keep] for k, v in data.items()}
-        masks = take_runs(masks, keep, kept_run_total(masks, keep))
+        packed = take_masks(masks, keep)
         points = prompts.record_points[data["point_index"].to(prompts.record_points.device)]
         points = points + crop_offset(crop_box, points.device, points.dtype, xyxy=False)
         all_scored = torch.cat(scored).all().reshape(1) if scored else None
-        return CropMasks(crop_box, masks, data["boxes"] + crop_offset(crop_box, data["boxes"].device),
+        return CropMasks(crop_box, packed, data["boxes"] + crop_offset(crop_box, data["boxes"].device),
                          data["iou_preds"], data["stability"], points, all_scored)
 
     # ------------------------------------------------------------------------------------------ images
     def _finish_image(self, crops: List[CropMasks], image_size) -> List[Dict[str, Any]]:
         opts = self.options
-        crop_of = torch.cat([torch.full((len(c.masks),), i, dtype=torch.long) for i, c in enumerate(crops)])
-        row_of = torch.cat([torch.arange(len(c.masks)) for c in crops])
+        crop_of = torch.cat([torch.full((c.packed.shape[0],), i, dtype=torch.long) for i, c in enumerate(crops)])
+        row_of = torch.cat([torch.arange(c.packed.shape[0]) for c in crops])
         fields = {"boxes": torch.cat([c.boxes for c in crops]), "iou_preds": torch.cat([c.iou_preds for c in crops]),
                   "stability": torch.cat([c.stability for c in crops]), "points": torch.cat([c.points for c in crops])}
 
@@ -358,7 +352,7 @@ class Engine:
             return np.int64, np.int64
         # segment_anything's torch.cat promotions (EngineOptions.field_types).
         return (np.float32 if float_boxes else np.int64,
-                np.float32 if any(len(c.masks) == 0 for c in crops) else np.int64)
+                np.float32 if any(c.packed.shape[0] == 0 for c in crops) else np.int64)
 
     def _image_frame(self, crops: List[CropMasks], crop_of: torch.Tensor, row_of: torch.Tensor,
                      image_size) -> torch.Tensor:
@@ -366,12 +360,12 @@ class Engine:
         full-image crop as they are, the others uncropped (segment_anything's ``uncrop_masks``)."""
         height, width = image_size
         full_box = (0, 0, width, height)
-        device = crops[0].masks.words.device
+        device = crops[0].packed.device
         out = torch.zeros((len(row_of), height, packed_width(width)), dtype=torch.int32, device=device)
         for c in torch.unique(crop_of).tolist():
             crop = crops[c]
             where = torch.nonzero(crop_of == c).squeeze(1)
-            rows = unpack_runs(crop.masks, row_of[where].to(device))
+            rows = crop.packed[row_of[where].to(device)]
             if crop.crop_box != full_box:
                 rows = stages.pack_stack(stages.uncrop_packed(rows, crop.crop_box, image_size))
             out[where.to(device)] = rows
