@@ -174,4 +174,3 @@ class TestOptions:
 
         with pytest.raises(TypeError, match="Sam"):
             adapter_for(torch.nn.Linear(2, 2))
-

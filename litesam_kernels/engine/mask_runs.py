@@ -35,10 +35,6 @@ class MaskRuns:
     def __len__(self) -> int:
         return self.counts.shape[0]
 
-    @property
-    def words_per_mask(self) -> int:
-        return self.shape[0] * self.shape[1]
-
 
 def run_starts(packed: torch.Tensor) -> torch.Tensor:
     """``(n, h * words)`` bool: the words that start a run (the first of each mask, and every word unlike
@@ -52,7 +48,7 @@ def run_starts(packed: torch.Tensor) -> torch.Tensor:
 def pack_runs(packed: torch.Tensor, starts: torch.Tensor, total_runs: int) -> MaskRuns:
     """The runs of ``packed`` ``(n, h, words)``, with ``starts = run_starts(packed)`` and ``total_runs``
     its sum (read on the host by the caller)."""
-    n, h, words = packed.shape
+    _, h, words = packed.shape
     where = torch.nonzero_static(starts.reshape(-1), size=total_runs).squeeze(1)  # mask-major, sorted
     return MaskRuns(packed.reshape(-1)[where], where, starts.sum(1), (h, words))
 
@@ -71,16 +67,12 @@ def runs_nbytes(runs: MaskRuns) -> int:
     return sum(t.numel() * t.element_size() for t in (runs.words, runs.keys, runs.counts))
 
 
-def _packed_nbytes(count: int, words_per_mask: int) -> int:
-    return count * words_per_mask * 4
-
-
 def compact_masks(packed: torch.Tensor, starts: torch.Tensor, total_runs: int) -> Union[torch.Tensor, MaskRuns]:
     """The smaller of the packed masks themselves and their runs (``starts = run_starts(packed)``,
     ``total_runs`` its sum, read on the host by the caller): runs for empty, full and smooth masks, the
     packed words for textured ones, so a stored mask never takes more than its packed size."""
     n, h, words = packed.shape
-    if total_runs * _RUN_NBYTES + n * 8 >= _packed_nbytes(n, h * words):
+    if total_runs * _RUN_NBYTES + n * 8 >= n * h * words * 4:  # runs and their per-mask counts vs int32 words
         return packed
     return pack_runs(packed, starts, total_runs)
 

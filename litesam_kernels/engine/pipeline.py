@@ -13,8 +13,8 @@ Per image (SAM's ``SamAutomaticMaskGenerator._generate_masks``, which SAM 2 and 
    logits first (``ops.small_regions.fill_small_regions``);
 4. filters (``iou > pred_iou_thresh``, ``stability >= stability_score_thresh``, prompt padding, the
    crop-edge test), then compaction of the survivors, their masks packed or as runs of equal packed words,
-   whichever is smaller (``mask_runs``): **one host wait per decoder call** (:func:`survivor_counts`, the survivor counts of its
-   crops and the sizes of their runs);
+   whichever is smaller (``mask_runs``): **one host wait per decoder call** (:func:`survivor_counts`, the
+   survivor counts of its crops and the sizes of their runs);
 5. NMS within the crop (box NMS with torchvision's exact order, or mask NMS; the NMS waits once for its
    keep list), the kept masks unpacked into one packed tensor, boxes and points to the image frame;
 6. when all crops of an image are done: NMS across crops (scores 1 / crop area), SAM 1's small-region pass
@@ -141,8 +141,6 @@ def survivor_counts(valid: Sequence[torch.Tensor], runs: Sequence[torch.Tensor])
     word runs their masks take (the sizes of their compaction); ``runs[c]`` is the runs per candidate."""
     totals = torch.stack([torch.stack([flags.sum(), (count * flags).sum()]) for flags, count in zip(valid, runs)])
     return [tuple(pair) for pair in totals.tolist()]
-
-
 
 
 class Engine:
